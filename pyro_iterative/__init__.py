@@ -1,0 +1,1 @@
+"""pyro-iterative: iterative amortized inference for Pyro."""
