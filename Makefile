@@ -1,0 +1,60 @@
+# pyro-iterative developer entry points.
+#
+#   make install   create/reuse .venv, install CPU torch first, then the project in editable mode with [dev]
+#   make test      run the test suite (extra pytest arguments: make test PYTEST_ARGS="-k guide -x")
+#   make demo      run examples/vae_mnist.py
+#   make lint      ruff check .
+#   make clean     remove .venv and build/test caches
+#
+# Works non-interactively (CI=true, no stdin). Override the interpreter with PYTHON=/path/to/python3.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := test
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_ARGS ?=
+PIP_FLAGS ?= -q
+
+VPY := $(VENV)/bin/python
+
+# The install stamp is keyed on the content of pyproject.toml (and the torch pin), so a fresh clone
+# (arbitrary mtimes) reuses an existing install, while any edit to pyproject.toml triggers a reinstall.
+INSTALL_KEY := $(shell { echo '$(TORCH_SPEC)'; cat pyproject.toml; } 2>/dev/null | { sha256sum 2>/dev/null || shasum -a 256; } | cut -c1-16)
+STAMP := $(VENV)/.installed-$(INSTALL_KEY)
+
+export PIP_NO_INPUT := 1
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+export PIP_ROOT_USER_ACTION := ignore
+
+.PHONY: install test demo lint clean venv
+
+install: $(STAMP)
+
+$(VPY):
+	$(PYTHON) -m venv $(VENV)
+
+# CPU torch is installed first, so that resolving the project's dependencies never pulls a CUDA build.
+$(STAMP): | $(VPY)
+	rm -f $(VENV)/.installed-*
+	$(VPY) -m pip install $(PIP_FLAGS) --upgrade pip
+	$(VPY) -m pip install $(PIP_FLAGS) "$(TORCH_SPEC)"
+	$(VPY) -m pip install $(PIP_FLAGS) -e ".[dev]"
+	touch $@
+
+venv: $(VPY)
+
+test: install
+	$(VPY) -m pytest -q $(PYTEST_ARGS)
+
+demo: install
+	$(VPY) examples/vae_mnist.py
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) build dist .pytest_cache .ruff_cache *.egg-info
+	find . -path ./.git -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +
