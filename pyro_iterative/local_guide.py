@@ -1,0 +1,335 @@
+"""The machinery shared by every amortized guide of this package: :class:`LocalGuide`.
+
+A :class:`LocalGuide` is a Pyro :class:`~pyro.infer.autoguide.AutoGuide` whose latent sites split into
+
+- *local* sites, inside the data plate: q is a diagonal Normal in unconstrained space, pushed through
+  ``biject_to(support)``, whose per-datapoint parameters lambda are chosen by the subclass (an encoder,
+  a learned iterative optimizer, gradient steps...);
+- *global* sites, outside it: ordinary learnable mean-field Normals from Pyro's own
+  :class:`~pyro.infer.autoguide.AutoNormal`, sampled once per call.
+
+This module holds site handling, plates and subsampling, sampling the final q, inspection
+(:meth:`LocalGuide.elbo_trajectory`, :meth:`LocalGuide.get_posterior`, :meth:`LocalGuide.median`) and
+serialization. How lambda is computed lives in the subclasses (:mod:`pyro_iterative.iterative_guide`).
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from typing import Callable
+
+import pyro
+import pyro.distributions as dist
+import pyro.poutine as poutine
+import torch
+from pyro.infer.autoguide import AutoGuide, AutoNormal
+from pyro.poutine.runtime import NonlocalExit
+from pyro.poutine.util import site_is_subsample
+
+from .inner_elbo import Batch, InnerELBO, LocalParams
+from .sites import SiteLayout, discover_sites
+
+__all__ = [
+    "LOG_SCALE_RANGE",
+    "LocalGuide",
+    "Refinement",
+]
+
+#: q's unconstrained log-scales are clamped to this range (scales from about 1e-4 to 150).
+LOG_SCALE_RANGE = (-9.0, 5.0)
+
+
+@dataclass
+class Refinement:
+    """What a subclass's :meth:`LocalGuide._refine` returns.
+
+    :ivar lam: per local site, the final lambda as ``(batch, 2 * size)``: locations, then log-scales.
+    :ivar elbos: the ``(batch,)`` ELBO estimates at the intermediate lambdas the method evaluated
+        (empty for a one-shot encoder); the ELBO at the final lambda is added by the caller.
+    :ivar network_loss: ``(batch,)`` surrogate loss for the inference networks beyond the final ELBO,
+        or ``None``. Only its gradient is used: it enters the guide as a zero-valued factor.
+    """
+
+    lam: dict[str, torch.Tensor]
+    elbos: list[torch.Tensor] = field(default_factory=list)
+    network_loss: torch.Tensor | None = None
+
+
+def _keep_observed(msg: dict) -> bool:
+    # Like AutoGuide's prototype filter, but observed sites are kept: they locate the data plate.
+    return msg["type"] != "sample" or site_is_subsample(msg)
+
+
+class LocalGuide(AutoGuide):
+    """Base class for guides that infer the local latents of each datapoint and learn the global ones.
+
+    Subclasses implement :meth:`_setup_networks` and :meth:`_refine`; this class does the rest, so
+    every subclass works with Pyro's ``SVI`` and stock ELBOs, ``Predictive``, model-side subsampling,
+    constrained latents and ``torch.save``.
+
+    :param callable model: a Pyro model with its datapoints in a ``pyro.plate``.
+    :param str plate_name: the data plate; by default the outermost plate holding every observed site.
+    :param int num_particles: samples per datapoint in the ELBO the guide evaluates internally.
+    :param float init_loc: initial unconstrained location of q (lambda_0).
+    :param float init_scale: initial unconstrained scale of q (lambda_0).
+    :param float global_init_scale: initial scale of the global sites' AutoNormal.
+    :param callable create_plates: as for Pyro's AutoGuide: a function of the model's arguments that
+        returns the model's plates (for example the data plate with its ``subsample=``). Without it
+        the guide asks the model which datapoints it draws and reuses them.
+    """
+
+    _prototype_hide_fn = staticmethod(_keep_observed)
+
+    def __init__(
+        self,
+        model: Callable,
+        *,
+        plate_name: str | None = None,
+        num_particles: int = 1,
+        init_loc: float = 0.0,
+        init_scale: float = 1.0,
+        global_init_scale: float = 0.1,
+        create_plates: Callable | None = None,
+    ) -> None:
+        if not isinstance(num_particles, int) or num_particles < 1:
+            raise ValueError(f"num_particles must be a positive integer, got {num_particles!r}.")
+        if not init_scale > 0 or not global_init_scale > 0:
+            raise ValueError(
+                f"init_scale and global_init_scale must be positive, got {init_scale} and {global_init_scale}."
+            )
+        super().__init__(model, create_plates=create_plates)
+        self.plate_name = plate_name
+        self.num_particles = num_particles
+        self.init_loc = float(init_loc)
+        self.init_scale = float(init_scale)
+        self.global_init_scale = float(global_init_scale)
+        self.layout: SiteLayout | None = None
+
+    # ------------------------------------------------------------------ set-up
+
+    def _setup_prototype(self, *args, **kwargs) -> None:
+        super()._setup_prototype(*args, **kwargs)
+        self.layout = discover_sites(self.prototype_trace, self.plate_name)
+        for name, site in list(self.prototype_trace.nodes.items()):
+            if site["type"] == "sample" and site["is_observed"]:
+                self.prototype_trace.remove_node(name)  # keep no copy of the data in the guide
+        self._inner_elbo = InnerELBO(self.model, self.layout, self.num_particles)
+        self.global_guide = None
+        if self.layout.global_names:
+            global_model = poutine.block(self.model, expose=list(self.layout.global_names))
+            self.global_guide = AutoNormal(global_model, init_scale=self.global_init_scale)
+            self.global_guide._setup_prototype(*args, **kwargs)
+        prototype = self.prototype_trace.nodes[self.layout.local_sites[0].name]["value"]
+        self._setup_networks(self.layout)
+        for module in self.children():
+            if module is not self.global_guide:
+                module.to(device=prototype.device, dtype=prototype.dtype)
+
+    def setup(self, *args, **kwargs) -> "LocalGuide":
+        """Discover the model's sites and build the networks without running inference.
+
+        Calling the guide does this on its first call; call it yourself before ``load_state_dict``
+        on a fresh guide. Returns the guide.
+
+        Usage::
+
+            guide = IterativeGuide(model).setup(x[:2])
+            guide.load_state_dict(torch.load("guide.pt"))
+        """
+        if self.layout is None:
+            self._setup_prototype(*args, **kwargs)
+        return self
+
+    def _check_prototype(self, part_trace) -> None:
+        # Called by the global AutoNormal (whose master this guide is): it must hold only global sites.
+        unexpected = {name for name, _ in part_trace.iter_stochastic_nodes()} - set(self.layout.global_names)
+        if unexpected:
+            raise RuntimeError(f"the global guide saw non-global sites {sorted(unexpected)}")
+
+    def _setup_networks(self, layout: SiteLayout) -> None:
+        """Build the subclass's networks for ``layout`` (called once, from the prototype)."""
+        raise NotImplementedError
+
+    def _refine(
+        self,
+        args: tuple,
+        kwargs: dict,
+        batch: Batch,
+        global_values: dict[str, torch.Tensor],
+        *,
+        num_iterations: int | None = None,
+        record: bool = False,
+    ) -> Refinement:
+        """Compute the final lambda for ``batch`` (the subclass's inference method)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ helpers for subclasses
+
+    def _initial_lambda(self, batch_size: int, site_size: int, like: torch.Tensor) -> torch.Tensor:
+        """lambda_0 for one site: ``(batch, 2 * size)`` holding ``init_loc`` and ``log(init_scale)``."""
+        lam = like.new_empty(batch_size, 2 * site_size)
+        lam[:, :site_size] = self.init_loc
+        lam[:, site_size:] = math.log(self.init_scale)
+        return lam
+
+    def _local_params(self, lam: dict[str, torch.Tensor]) -> LocalParams:
+        """Split each site's lambda into q's ``(loc, scale)``, clamping log-scales to :data:`LOG_SCALE_RANGE`."""
+        params = {}
+        for site in self.layout.local_sites:
+            loc, log_scale = lam[site.name].split(site.size, dim=-1)
+            params[site.name] = (loc, log_scale.clamp(*LOG_SCALE_RANGE).exp())
+        return params
+
+    def _observed_data(self, model_trace) -> torch.Tensor:
+        """The batch's observed values from a model trace, one flattened row per datapoint."""
+        dim = self.layout.plate.dim
+        rows = [site.flatten(model_trace.nodes[site.name]["value"], dim) for site in self.layout.observed_sites]
+        return torch.cat(rows, dim=-1)
+
+    def _parameter_like(self) -> torch.Tensor:
+        return next(self.parameters())
+
+    # ------------------------------------------------------------------ one call
+
+    def _locate_batch(self, args: tuple, kwargs: dict) -> Batch:
+        """Ask the model which datapoints it draws on this call, running it only up to its first local site."""
+        name = self.layout.plate_name
+
+        def at_first_datapoint_site(msg: dict) -> bool:
+            return not site_is_subsample(msg) and any(f.name == name for f in msg["cond_indep_stack"])
+
+        tracer = poutine.trace(poutine.escape(self.model, escape_fn=at_first_datapoint_site))
+        with poutine.block():
+            try:
+                tracer(*args, **kwargs)
+            except NonlocalExit:
+                pass
+        site = tracer.trace.nodes.get(name)
+        if site is None:
+            raise ValueError(
+                f"The model did not open its data plate '{name}' with a size on this call; call the guide with "
+                "the same arguments as the model, and give the plate its size: pyro.plate(name, N, ...)."
+            )
+        return Batch(site["value"], site["fn"].size)
+
+    def _plates_and_batch(self, args: tuple, kwargs: dict) -> tuple[dict[str, pyro.plate], Batch]:
+        name = self.layout.plate_name
+        if self.create_plates is not None:
+            plates = self._create_plates(*args, **kwargs)
+            with plates[name] as indices:
+                pass
+            return plates, Batch(indices, plates[name].size)
+        batch = self._locate_batch(args, kwargs)
+        plates = {}
+        for frame_name, frame in sorted(self._prototype_frames.items()):
+            if frame_name == name:
+                plates[name] = batch.plate(self.layout)
+            else:
+                full_size = frame.full_size or frame.size
+                plates[frame_name] = pyro.plate(frame_name, full_size, dim=frame.dim, subsample_size=frame.size)
+        self.plates = plates  # read by the global AutoNormal through its master
+        return plates, batch
+
+    def _check_call(self, num_iterations: int | None = None) -> None:
+        if torch.jit.is_tracing():
+            raise NotImplementedError(
+                f"{type(self).__name__} cannot run under the PyTorch JIT (JitTrace_ELBO): it takes ELBO gradients "
+                "with torch.autograd.grad inside its forward pass, which the tracer cannot record. "
+                "Use Trace_ELBO or TraceMeanField_ELBO."
+            )
+
+    def forward(self, *args, **kwargs) -> dict[str, torch.Tensor]:
+        """Sample every latent site of the model from q, given the model's own arguments.
+
+        :return: a dict from site name to sampled value.
+        """
+        self._check_call()
+        if self.layout is None:
+            self._setup_prototype(*args, **kwargs)
+        plates, batch = self._plates_and_batch(args, kwargs)
+        result = self.global_guide(*args, **kwargs) if self.global_guide is not None else {}
+        fixed_globals = {name: value.detach() for name, value in result.items()}
+        refinement = self._refine(args, kwargs, batch, fixed_globals)
+        params = self._local_params(refinement.lam)
+        for site in self.layout.local_sites:
+            with ExitStack() as stack:
+                for frame in site.frames:
+                    stack.enter_context(plates[frame.name])
+                result[site.name] = pyro.sample(site.name, site.distribution(*params[site.name]))
+        if refinement.network_loss is not None:
+            loss = refinement.network_loss
+            loss = loss.reshape(loss.shape + (1,) * (-self.layout.plate.dim - 1))
+            with plates[self.layout.plate_name]:
+                # Zero-valued: it changes no loss value, only adds the networks' own gradient.
+                pyro.factor(f"_{type(self).__name__}_network_loss", loss - loss.detach(), has_rsample=True)
+        return result
+
+    # ------------------------------------------------------------------ inspection
+
+    def _inspect(self, args: tuple, kwargs: dict, num_iterations: int | None, record: bool):
+        self._check_call()
+        if self.layout is None:
+            self._setup_prototype(*args, **kwargs)
+        with torch.no_grad(), poutine.block():
+            _, batch = self._plates_and_batch(args, kwargs)
+            global_values = self.global_guide(*args, **kwargs) if self.global_guide is not None else {}
+            refinement = self._refine(args, kwargs, batch, global_values, num_iterations=num_iterations, record=record)
+        return refinement, batch, global_values
+
+    def elbo_trajectory(self, *args, num_iterations: int | None = None, **kwargs) -> torch.Tensor:
+        """Per-datapoint ELBO estimates at every lambda the guide visits, for the model's arguments.
+
+        Row ``t`` holds the ELBO at lambda_t (row 0: the starting point, last row: the final q), one
+        column per datapoint, counting the terms inside the data plate (global latents held at one
+        sample from their guide).
+
+        Usage::
+
+            traj = guide.elbo_trajectory(x_test)   # (K + 1, batch)
+            traj.mean(1)                           # mean ELBO per inference iteration
+
+        :param num_iterations: override the number of inference iterations for this call.
+        :return: a tensor of shape ``(number of lambdas visited, batch)``.
+        """
+        refinement, batch, global_values = self._inspect(args, kwargs, num_iterations, record=True)
+        with torch.no_grad():
+            final, _ = self._inner_elbo(args, kwargs, self._local_params(refinement.lam), batch, global_values)
+        return torch.stack(refinement.elbos + [final])
+
+    def get_posterior(self, *args, num_iterations: int | None = None, **kwargs) -> dict[str, dist.Distribution]:
+        """The final q of every local site for the model's arguments, in the site's constrained space.
+
+        Usage::
+
+            q = guide.get_posterior(x)["z"]
+            q.mean, q.stddev           # for a real-valued site
+        """
+        refinement, _, _ = self._inspect(args, kwargs, num_iterations, record=False)
+        params = self._local_params(refinement.lam)
+        return {site.name: site.distribution(*params[site.name]) for site in self.layout.local_sites}
+
+    def median(self, *args, **kwargs) -> dict[str, torch.Tensor]:
+        """Posterior median of every latent: local sites from the final q, global sites from their AutoNormal.
+
+        Usage::
+
+            guide.median(x)["z"]
+        """
+        refinement, _, _ = self._inspect(args, kwargs, None, record=False)
+        params = self._local_params(refinement.lam)
+        result = self.global_guide.median(*args, **kwargs) if self.global_guide is not None else {}
+        for site in self.layout.local_sites:
+            result[site.name] = site.transform(site.unflatten(params[site.name][0]))
+        return result
+
+    # ------------------------------------------------------------------ serialization
+
+    def __getstate__(self) -> dict:
+        # Unlike AutoGuide, keep the model: the guide runs it at every call. Pickle a copy of the state,
+        # never mutate the live guide.
+        state = dict(super(AutoGuide, self).__getstate__())
+        state["master"] = None
+        state.pop("plates", None)
+        return state
