@@ -163,7 +163,7 @@ def _choose_plate(trace: Trace, plate_name: str | None) -> CondIndepStackFrame:
 def _max_plate_nesting(trace: Trace) -> int:
     nesting = 0
     for site in trace.nodes.values():
-        if site["type"] == "sample":
+        if site["type"] == "sample" and not site_is_subsample(site):
             nesting = max(nesting, len(site["fn"].batch_shape))
             nesting = max([nesting] + [-f.dim for f in site["cond_indep_stack"] if f.vectorized])
     return nesting
