@@ -136,8 +136,18 @@ def test_network_gradient_is_the_elbo_averaged_over_iterations(monkeypatch, num_
         assert torch.allclose(got, want, rtol=1e-7, atol=1e-10)
 
 
-def test_elbo_module_with_torch_optimizer_trains(linear_gaussian):
-    model, x_train, x_test = linear_gaussian
+@pytest.fixture(params=[False, True], ids=["global_params", "module_local_params"])
+def module_local_params(request):
+    # Pyro reads this setting when a PyroModule is constructed, so it is set before any model exists.
+    pyro.settings.set(module_local_params=request.param)
+    yield request.param
+    pyro.settings.set(module_local_params=False)
+
+
+def test_elbo_module_with_torch_optimizer_trains(module_local_params):
+    """The set-up of Pyro's Lightning example: an ELBOModule and a plain torch optimizer."""
+    model = LinearGaussian.orthogonal(data_dim=10, latent_dim=2, noise_scale=0.5, seed=0)
+    x_train, x_test = model.sample(600, seed=1), model.sample(300, seed=2)
     guide = small_guide(model).setup(x_train[:4])
     elbo_module = Trace_ELBO()(model, guide)
     names = {name for name, _ in elbo_module.named_parameters()}
