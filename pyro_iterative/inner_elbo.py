@@ -23,6 +23,9 @@ import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
 from pyro.poutine import Trace
+from pyro.poutine.indep_messenger import CondIndepStackFrame
+from pyro.poutine.runtime import NonlocalExit
+from pyro.poutine.util import site_is_subsample
 
 from .sites import SiteLayout
 
@@ -30,6 +33,8 @@ __all__ = [
     "Batch",
     "InnerELBO",
     "LocalParams",
+    "locate_batch",
+    "per_datapoint_elbo",
 ]
 
 #: Per local site name, q's ``(loc, scale)`` in unconstrained space, each of shape ``(batch, size)``.
@@ -105,6 +110,21 @@ class InnerELBO:
             for site in self.layout.local_sites:
                 pyro.sample(site.name, site.distribution(*params[site.name]))
 
+    def trace(
+        self,
+        args: tuple,
+        kwargs: dict,
+        params: LocalParams,
+        batch: Batch,
+        global_values: dict[str, torch.Tensor],
+    ) -> tuple[Trace, Trace]:
+        """Run the inner guide at ``params`` and the model replayed against it: ``(guide_trace, model_trace)``."""
+        with poutine.block():
+            guide_trace = poutine.trace(self._guide).get_trace(params, batch, global_values)
+            with self._particles():
+                model_trace = poutine.trace(poutine.replay(self.model, trace=guide_trace)).get_trace(*args, **kwargs)
+        return guide_trace, model_trace
+
     def __call__(
         self,
         args: tuple,
@@ -114,18 +134,57 @@ class InnerELBO:
         global_values: dict[str, torch.Tensor],
     ) -> tuple[torch.Tensor, Trace]:
         """Return the ``(batch,)`` ELBO estimates (averaged over particles) and the model trace."""
-        with poutine.block():
-            guide_trace = poutine.trace(self._guide).get_trace(params, batch, global_values)
-            with self._particles():
-                model_trace = poutine.trace(poutine.replay(self.model, trace=guide_trace)).get_trace(*args, **kwargs)
-        plate = self.layout.plate
-        elbo = 0.0
-        for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
-            trace.compute_log_prob(lambda name, site: any(f.name == plate.name for f in site["cond_indep_stack"]))
-            for site in trace.nodes.values():
-                if site["type"] == "sample" and "log_prob" in site:
-                    log_prob = site["log_prob"] / _subsample_factor(site)
-                    elbo = elbo + sign * _per_datapoint(log_prob, plate.dim, self.particle_dim)
-        if self.particle_dim is not None:
-            elbo = elbo.mean(0)
+        guide_trace, model_trace = self.trace(args, kwargs, params, batch, global_values)
+        elbo = per_datapoint_elbo(model_trace, guide_trace, self.layout.plate, self.particle_dim)
         return elbo, model_trace
+
+
+def per_datapoint_elbo(
+    model_trace: Trace, guide_trace: Trace, plate: CondIndepStackFrame, particle_dim: int | None = None
+) -> torch.Tensor:
+    """``(batch,)`` ELBO estimates from a guide trace and the model trace replayed against it.
+
+    Sums ``log p - log q`` over the sites inside the data ``plate`` (matched by name), one value per
+    datapoint, with plate subsampling scales divided out; averages over a particle dimension if given.
+
+    Usage::
+
+        elbo = per_datapoint_elbo(model_trace, guide_trace, layout.plate)
+    """
+    elbo = 0.0
+    for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
+        trace.compute_log_prob(lambda name, site: any(f.name == plate.name for f in site["cond_indep_stack"]))
+        for site in trace.nodes.values():
+            if site["type"] == "sample" and "log_prob" in site:
+                log_prob = site["log_prob"] / _subsample_factor(site)
+                elbo = elbo + sign * _per_datapoint(log_prob, plate.dim, particle_dim)
+    if isinstance(elbo, float):
+        raise ValueError(f"No sample site of these traces lies inside the plate '{plate.name}'.")
+    return elbo.mean(0) if particle_dim is not None else elbo
+
+
+def locate_batch(model: Callable, plate_name: str, args: tuple, kwargs: dict) -> Batch:
+    """Ask ``model`` which datapoints it draws on this call, running it only up to its first site in the plate.
+
+    Usage::
+
+        batch = locate_batch(model, "data", (x,), {"subsample_size": 64})
+        batch.indices  # the 64 indices the model's plate drew
+    """
+
+    def at_first_datapoint_site(msg: dict) -> bool:
+        return not site_is_subsample(msg) and any(f.name == plate_name for f in msg["cond_indep_stack"])
+
+    tracer = poutine.trace(poutine.escape(model, escape_fn=at_first_datapoint_site))
+    with poutine.block():
+        try:
+            tracer(*args, **kwargs)
+        except NonlocalExit:
+            pass
+    site = tracer.trace.nodes.get(plate_name)
+    if site is None:
+        raise ValueError(
+            f"The model did not open its data plate '{plate_name}' with a size on this call; call it with the same "
+            "arguments as in training, and give the plate its size: pyro.plate(name, N, ...)."
+        )
+    return Batch(site["value"], site["fn"].size)

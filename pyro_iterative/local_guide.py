@@ -25,10 +25,9 @@ import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
 from pyro.infer.autoguide import AutoGuide, AutoNormal
-from pyro.poutine.runtime import NonlocalExit
 from pyro.poutine.util import site_is_subsample
 
-from .inner_elbo import Batch, InnerELBO, LocalParams
+from .inner_elbo import Batch, InnerELBO, LocalParams, locate_batch
 from .sites import SiteLayout, discover_sites
 
 __all__ = [
@@ -101,11 +100,24 @@ class LocalGuide(AutoGuide):
             )
         super().__init__(model, create_plates=create_plates)
         self.plate_name = plate_name
-        self.num_particles = num_particles
+        self._num_particles = num_particles
         self.init_loc = float(init_loc)
         self.init_scale = float(init_scale)
         self.global_init_scale = float(global_init_scale)
         self.layout: SiteLayout | None = None
+
+    @property
+    def num_particles(self) -> int:
+        """Samples per datapoint in the guide's internal ELBO estimates; may be changed after training."""
+        return self._num_particles
+
+    @num_particles.setter
+    def num_particles(self, value: int) -> None:
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"num_particles must be a positive integer, got {value!r}.")
+        self._num_particles = value
+        if self.layout is not None:
+            self._inner_elbo = InnerELBO(self.model, self.layout, value)
 
     # ------------------------------------------------------------------ set-up
 
@@ -115,7 +127,7 @@ class LocalGuide(AutoGuide):
         for name, site in list(self.prototype_trace.nodes.items()):
             if site["type"] == "sample" and site["is_observed"]:
                 self.prototype_trace.remove_node(name)  # keep no copy of the data in the guide
-        self._inner_elbo = InnerELBO(self.model, self.layout, self.num_particles)
+        self._inner_elbo = InnerELBO(self.model, self.layout, self._num_particles)
         self.global_guide = None
         if self.layout.global_names:
             global_model = poutine.block(self.model, expose=list(self.layout.global_names))
@@ -193,27 +205,6 @@ class LocalGuide(AutoGuide):
 
     # ------------------------------------------------------------------ one call
 
-    def _locate_batch(self, args: tuple, kwargs: dict) -> Batch:
-        """Ask the model which datapoints it draws on this call, running it only up to its first local site."""
-        name = self.layout.plate_name
-
-        def at_first_datapoint_site(msg: dict) -> bool:
-            return not site_is_subsample(msg) and any(f.name == name for f in msg["cond_indep_stack"])
-
-        tracer = poutine.trace(poutine.escape(self.model, escape_fn=at_first_datapoint_site))
-        with poutine.block():
-            try:
-                tracer(*args, **kwargs)
-            except NonlocalExit:
-                pass
-        site = tracer.trace.nodes.get(name)
-        if site is None:
-            raise ValueError(
-                f"The model did not open its data plate '{name}' with a size on this call; call the guide with "
-                "the same arguments as the model, and give the plate its size: pyro.plate(name, N, ...)."
-            )
-        return Batch(site["value"], site["fn"].size)
-
     def _plates_and_batch(self, args: tuple, kwargs: dict) -> tuple[dict[str, pyro.plate], Batch]:
         name = self.layout.plate_name
         if self.create_plates is not None:
@@ -221,7 +212,7 @@ class LocalGuide(AutoGuide):
             with plates[name] as indices:
                 pass
             return plates, Batch(indices, plates[name].size)
-        batch = self._locate_batch(args, kwargs)
+        batch = locate_batch(self.model, name, args, kwargs)
         plates = {}
         for frame_name, frame in sorted(self._prototype_frames.items()):
             if frame_name == name:

@@ -1,7 +1,14 @@
-"""Shared fixtures: every test starts with an empty Pyro param store and fixed seeds."""
+"""Shared fixtures: every test starts with an empty Pyro param store and fixed seeds.
+
+The tests use small networks, for which one torch thread is as fast as two and, unlike two, does not slow
+down many-fold when the machine's cores are shared with other work.
+"""
 
 import pyro
 import pytest
+import torch
+
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

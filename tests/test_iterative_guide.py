@@ -296,3 +296,15 @@ def test_datapoint_results_do_not_depend_on_batch_size(linear_gaussian):
     # 500 particles make the inner gradients nearly exact; a batch-mean gradient would be 200x smaller.
     assert torch.allclose(alone.mean[0], among.mean[0], atol=0.05)
     assert torch.allclose(alone.stddev[0], among.stddev[0], rtol=0.05)
+
+
+def test_num_particles_can_change_after_training(linear_gaussian):
+    model, x_train, x_test = linear_gaussian
+    guide = small_guide(model)
+    train(model, guide, x_train, steps=5, subsample_size=64)
+    spread_one = guide.elbo_trajectory(x_test[:1].expand(200, -1))[0].std()
+    guide.num_particles = 100
+    spread_many = guide.elbo_trajectory(x_test[:1].expand(200, -1))[0].std()
+    assert spread_many < spread_one / 5  # 100 particles: about 10x less noise at lambda_0
+    with pytest.raises(ValueError, match="num_particles"):
+        guide.num_particles = 0
