@@ -14,7 +14,7 @@ from torch import nn
 
 from .encodings import encode_gradient, encoded_size
 from .inner_elbo import Batch
-from .local_guide import LocalGuide, Refinement
+from .local_guide import LocalGuide, ModelPasses, Refinement
 from .networks import GatedUpdate
 from .sites import SiteLayout
 
@@ -108,6 +108,11 @@ class IterativeGuide(LocalGuide):
         # A plain nn.ModuleList: reading the attribute registers its parameters with Pyro (pyro.module).
         self.update_nets = nn.ModuleList(updates)
 
+    def inference_cost(self, num_iterations: int | None = None) -> ModelPasses:
+        """``num_iterations`` forward and backward passes per datapoint (the data comes from the first)."""
+        num_iterations = self.num_iterations if num_iterations is None else num_iterations
+        return ModelPasses(forward=num_iterations, backward=num_iterations)
+
     def _refine(
         self,
         args: tuple,
@@ -124,7 +129,7 @@ class IterativeGuide(LocalGuide):
         nets = self.update_nets
         sites = self.layout.local_sites
         like = self._parameter_like()
-        lam = {site.name: self._initial_lambda(len(batch), site.size, like) for site in sites}
+        lam = self._initial_lambda(len(batch))
         training = torch.is_grad_enabled()
         data, elbos, network_loss = None, [], None
         for t in range(num_iterations):

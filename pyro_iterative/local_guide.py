@@ -33,11 +33,33 @@ from .sites import SiteLayout, discover_sites
 __all__ = [
     "LOG_SCALE_RANGE",
     "LocalGuide",
+    "ModelPasses",
     "Refinement",
+    "initial_lambda",
+    "local_params",
 ]
 
 #: q's unconstrained log-scales are clamped to this range (scales from about 1e-4 to 150).
 LOG_SCALE_RANGE = (-9.0, 5.0)
+
+
+@dataclass(frozen=True)
+class ModelPasses:
+    """Passes through the model (decoder) per datapoint that a method spends to produce its q.
+
+    Usage::
+
+        guide.inference_cost()          # ModelPasses(forward=5, backward=5) for 5 iterations
+        guide.inference_cost().total    # 10
+    """
+
+    forward: int
+    backward: int
+
+    @property
+    def total(self) -> int:
+        """Forward plus backward passes."""
+        return self.forward + self.backward
 
 
 @dataclass
@@ -54,6 +76,33 @@ class Refinement:
     lam: dict[str, torch.Tensor]
     elbos: list[torch.Tensor] = field(default_factory=list)
     network_loss: torch.Tensor | None = None
+
+
+def initial_lambda(
+    layout: SiteLayout, batch_size: int, like: torch.Tensor, init_loc: float = 0.0, init_scale: float = 1.0
+) -> dict[str, torch.Tensor]:
+    """lambda_0 for every local site: ``(batch, 2 * size)`` holding ``init_loc`` and ``log(init_scale)``.
+
+    Usage::
+
+        lam = initial_lambda(layout, 64, like=x)   # dtype and device of x
+    """
+    lam = {}
+    for site in layout.local_sites:
+        value = like.new_empty(batch_size, 2 * site.size)
+        value[:, : site.size] = init_loc
+        value[:, site.size :] = math.log(init_scale)
+        lam[site.name] = value
+    return lam
+
+
+def local_params(layout: SiteLayout, lam: dict[str, torch.Tensor]) -> LocalParams:
+    """Split each site's lambda into q's ``(loc, scale)``, clamping log-scales to :data:`LOG_SCALE_RANGE`."""
+    params = {}
+    for site in layout.local_sites:
+        loc, log_scale = lam[site.name].split(site.size, dim=-1)
+        params[site.name] = (loc, log_scale.clamp(*LOG_SCALE_RANGE).exp())
+    return params
 
 
 def _keep_observed(msg: dict) -> bool:
@@ -77,6 +126,10 @@ class LocalGuide(AutoGuide):
     :param callable create_plates: as for Pyro's AutoGuide: a function of the model's arguments that
         returns the model's plates (for example the data plate with its ``subsample=``). Without it
         the guide asks the model which datapoints it draws and reuses them.
+    :param callable observe: optional ``observe(indices, *args, **kwargs)`` returning the observed values
+        of the datapoints ``indices`` as a ``(batch, data_size)`` tensor, in the order of the observed
+        sites. Guides that read the data before any ELBO evaluation (encoders) otherwise run the model
+        forward once to read it; e.g. ``observe=lambda idx, x, **kw: x[idx]`` for the bundled models.
     """
 
     _prototype_hide_fn = staticmethod(_keep_observed)
@@ -91,6 +144,7 @@ class LocalGuide(AutoGuide):
         init_scale: float = 1.0,
         global_init_scale: float = 0.1,
         create_plates: Callable | None = None,
+        observe: Callable | None = None,
     ) -> None:
         if not isinstance(num_particles, int) or num_particles < 1:
             raise ValueError(f"num_particles must be a positive integer, got {num_particles!r}.")
@@ -100,6 +154,7 @@ class LocalGuide(AutoGuide):
             )
         super().__init__(model, create_plates=create_plates)
         self.plate_name = plate_name
+        self.observe = observe
         self._num_particles = num_particles
         self.init_loc = float(init_loc)
         self.init_scale = float(init_scale)
@@ -179,20 +234,11 @@ class LocalGuide(AutoGuide):
 
     # ------------------------------------------------------------------ helpers for subclasses
 
-    def _initial_lambda(self, batch_size: int, site_size: int, like: torch.Tensor) -> torch.Tensor:
-        """lambda_0 for one site: ``(batch, 2 * size)`` holding ``init_loc`` and ``log(init_scale)``."""
-        lam = like.new_empty(batch_size, 2 * site_size)
-        lam[:, :site_size] = self.init_loc
-        lam[:, site_size:] = math.log(self.init_scale)
-        return lam
+    def _initial_lambda(self, batch_size: int) -> dict[str, torch.Tensor]:
+        return initial_lambda(self.layout, batch_size, self._parameter_like(), self.init_loc, self.init_scale)
 
     def _local_params(self, lam: dict[str, torch.Tensor]) -> LocalParams:
-        """Split each site's lambda into q's ``(loc, scale)``, clamping log-scales to :data:`LOG_SCALE_RANGE`."""
-        params = {}
-        for site in self.layout.local_sites:
-            loc, log_scale = lam[site.name].split(site.size, dim=-1)
-            params[site.name] = (loc, log_scale.clamp(*LOG_SCALE_RANGE).exp())
-        return params
+        return local_params(self.layout, lam)
 
     def _observed_data(self, model_trace) -> torch.Tensor:
         """The batch's observed values from a model trace, one flattened row per datapoint."""
@@ -202,6 +248,32 @@ class LocalGuide(AutoGuide):
 
     def _parameter_like(self) -> torch.Tensor:
         return next(self.parameters())
+
+    def _read_data(self, args: tuple, kwargs: dict, batch: Batch, global_values: dict[str, torch.Tensor]):
+        """The batch's observed values, ``(batch, data_size)``, before any ELBO has been evaluated."""
+        like = self._parameter_like()
+        if self.observe is not None:
+            data = self.observe(batch.indices, *args, **kwargs)
+            if data.shape != (len(batch), self.layout.data_size):
+                raise ValueError(
+                    f"observe() returned shape {tuple(data.shape)}; expected (batch, data_size) = "
+                    f"({len(batch)}, {self.layout.data_size}), the flattened observed sites of the batch."
+                )
+            return data.to(like)
+        with torch.no_grad():
+            params = self._local_params(self._initial_lambda(len(batch)))
+            _, model_trace = self._inner_elbo.trace(args, kwargs, params, batch, global_values)
+        return self._observed_data(model_trace).to(like)
+
+    def _reads_data_by_running_the_model(self) -> int:
+        return int(self.observe is None)
+
+    def inference_cost(self, num_iterations: int | None = None) -> ModelPasses:
+        """Model (decoder) passes per datapoint this guide spends to produce q for a batch.
+
+        Counts one particle; multiply by ``num_particles`` for the guide's internal ELBO estimates.
+        """
+        raise NotImplementedError
 
     # ------------------------------------------------------------------ one call
 

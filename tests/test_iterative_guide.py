@@ -123,7 +123,7 @@ def test_network_gradient_is_the_elbo_averaged_over_iterations(monkeypatch, num_
         likelihood = dist.Normal(loc @ model.weight.T + model.bias, model.noise_scale).log_prob(x).sum(-1)
         return prior + likelihood - dist.Normal(loc, scale).log_prob(loc).sum(-1)
 
-    lam = guide._initial_lambda(16, 2, x)
+    lam = guide._initial_lambda(16)["z"]
     objective = 0.0
     for _ in range(num_iterations):
         leaf = lam.detach().requires_grad_()

@@ -1,0 +1,287 @@
+"""Baselines under one API: AmortizedGuide, SemiAmortizedGuide (both schemes), PerDatapointGuide,
+optimize_local, and the fairness helpers."""
+
+import io
+
+import pyro
+import pyro.distributions as dist
+import pyro.poutine as poutine
+import pytest
+import torch
+from pyro.infer import SVI, Predictive, Trace_ELBO, TraceMeanField_ELBO
+
+from pyro_iterative import (
+    AmortizedGuide,
+    IterativeGuide,
+    PerDatapointGuide,
+    SemiAmortizedGuide,
+    inference_parameters,
+    matched_amortized_guide,
+    optimize_local,
+)
+from pyro_iterative.models import LinearGaussian
+
+
+def observe(indices, x, **kwargs):
+    return x[indices]
+
+
+GUIDES = {
+    "amortized": lambda model: AmortizedGuide(model, hidden_sizes=(64, 64)),
+    # lr below 2 / curvature: the likelihood's curvature reaches 1 + |w|^2 / sigma^2 = 37 on this model
+    "semi_amortized_sa": lambda model: SemiAmortizedGuide(model, num_steps=3, lr=0.02, hidden_sizes=(64, 64)),
+    "semi_amortized_krishnan": lambda model: SemiAmortizedGuide(
+        model, num_steps=3, lr=0.02, backprop=False, hidden_sizes=(64, 64), observe=observe
+    ),
+    "iterative": lambda model: IterativeGuide(model, num_iterations=3, hidden_sizes=(64, 64)),
+}
+
+
+@pytest.fixture
+def linear_gaussian():
+    model = LinearGaussian.orthogonal(data_dim=10, latent_dim=2, noise_scale=0.5, seed=0)
+    return model, model.sample(600, seed=1), model.sample(300, seed=2)
+
+
+def train(model, guide, x, steps, lr=3e-3, loss=None, **model_kwargs):
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": lr}), loss or Trace_ELBO())
+    return [svi.step(x, **model_kwargs) for _ in range(steps)]
+
+
+# ---------------------------------------------------------------------------------------------- convergence
+
+
+@pytest.mark.parametrize("name", ["amortized", "semi_amortized_sa", "semi_amortized_krishnan"])
+def test_encoder_guides_reach_the_exact_log_likelihood(linear_gaussian, name):
+    model, x_train, x_test = linear_gaussian
+    guide = GUIDES[name](model)
+    train(model, guide, x_train, steps=400, subsample_size=100)
+    trajectory = guide.elbo_trajectory(x_test)
+    assert trajectory.shape == ((1 if name == "amortized" else 4), 300)
+    assert model.log_likelihood(x_test).mean() - trajectory[-1].mean() < 0.5, trajectory.mean(1)
+
+
+def test_per_datapoint_guide_reaches_the_exact_log_likelihood_on_its_data(linear_gaussian):
+    model, x_train, _ = linear_gaussian
+    x = x_train[:200]
+    guide = PerDatapointGuide(model)
+    train(model, guide, x, steps=300, lr=0.05, subsample_size=50)
+    trajectory = guide.elbo_trajectory(x)
+    assert trajectory.shape == (1, 200)
+    assert model.log_likelihood(x).mean() - trajectory[-1].mean() < 0.5
+
+
+def test_optimize_local_with_adam_reaches_the_best_diagonal_elbo():
+    weight = torch.randn(6, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    model = LinearGaussian(weight, torch.zeros(6, dtype=torch.float64), 0.5)  # non-orthogonal: best q < log p(x)
+    x = model.sample(50, seed=1)
+    best = model.optimal_diagonal_elbo(x)
+    assert (model.log_likelihood(x) - best).mean() > 0.05  # the target is not log p(x) itself
+    result = optimize_local(model, x, optimizer="adam", lr=0.02, num_steps=500, num_particles=10)
+    assert result.trajectory.shape == (501, 50)
+    loc, log_scale = result.lam["z"].split(3, dim=-1)
+    gap = best - model.elbo(x, loc, log_scale.exp())  # closed form: no Monte-Carlo noise in the check
+    assert gap.mean() < 0.05 and gap.min() > -1e-9, gap
+    assert torch.allclose(result.posterior["z"].mean, loc)
+    assert result.cost.forward == result.cost.backward == 500
+
+
+# ---------------------------------------------------------------------------------------------- Pyro contexts
+
+
+@pytest.mark.parametrize("name", sorted(GUIDES))
+@pytest.mark.parametrize("loss", [Trace_ELBO, TraceMeanField_ELBO])
+def test_every_guide_trains_with_stock_elbos(linear_gaussian, name, loss):
+    model, x_train, x_test = linear_gaussian
+    guide = GUIDES[name](model)
+    guide(x_train[:4])
+    before = guide.elbo_trajectory(x_test)[-1].mean()
+    losses = train(model, guide, x_train, steps=60, loss=loss(), subsample_size=64)
+    assert torch.isfinite(torch.tensor(losses)).all()
+    assert guide.elbo_trajectory(x_test)[-1].mean() > before + 2
+
+
+@pytest.mark.parametrize("name", sorted(GUIDES))
+def test_every_guide_works_with_predictive_and_round_trips(linear_gaussian, name):
+    model, x_train, x_test = linear_gaussian
+    guide = GUIDES[name](model)
+    train(model, guide, x_train, steps=3, subsample_size=64)
+    samples = Predictive(model, guide=guide, num_samples=3)(x_test[:10])
+    assert samples["z"].shape == (3, 10, 2) and torch.isfinite(samples["z"]).all()
+    pyro.set_rng_seed(4)
+    expected = guide.elbo_trajectory(x_test[:10])
+
+    fresh = GUIDES[name](model).setup(x_test[:2])
+    fresh.load_state_dict(guide.state_dict())
+    pyro.set_rng_seed(4)
+    assert torch.equal(fresh.elbo_trajectory(x_test[:10]), expected)
+    buffer = io.BytesIO()
+    torch.save(guide, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    pyro.set_rng_seed(4)
+    assert torch.equal(loaded.elbo_trajectory(x_test[:10]), expected)
+
+
+def test_per_datapoint_guide_with_predictive_round_trip_and_other_data(linear_gaussian):
+    model, x_train, x_test = linear_gaussian
+    guide = PerDatapointGuide(model)
+    train(model, guide, x_train, steps=3, lr=0.05, subsample_size=64)
+    assert Predictive(model, guide=guide, num_samples=2)(x_train)["z"].shape == (2, 600, 2)
+    fresh = PerDatapointGuide(model)
+    fresh(x_train, subsample_size=2)
+    fresh.load_state_dict(guide.state_dict())
+    assert torch.equal(fresh.locs.z, guide.locs.z)
+    with pytest.raises(ValueError, match="stores q for the 600 datapoints.*optimize_local"):
+        guide(x_test)
+
+
+def test_per_datapoint_guide_uses_the_models_subsample(linear_gaussian):
+    model, x_train, _ = linear_gaussian
+    guide = PerDatapointGuide(model)
+    guide(x_train, subsample_size=10)
+    trace = poutine.trace(guide).get_trace(x_train, subsample=torch.arange(5, 25))
+    assert torch.equal(trace.nodes["data"]["value"], torch.arange(5, 25))
+    assert trace.nodes["z"]["value"].shape == (20, 2)
+
+
+# ---------------------------------------------------------------------------------------------- gradient routing
+
+
+def deterministic_samples(monkeypatch):
+    def at_the_mean(self, sample_shape=torch.Size()):
+        return self.loc.expand(self._extended_shape(sample_shape))
+
+    monkeypatch.setattr(dist.Normal, "rsample", at_the_mean)
+
+
+def elbo_at_mean(model, guide, x, lam):
+    loc, scale = guide._local_params({"z": lam})["z"]
+    prior = dist.Normal(torch.zeros_like(loc), 1.0).log_prob(loc).sum(-1)
+    likelihood = dist.Normal(loc @ model.weight.T + model.bias, model.noise_scale).log_prob(x).sum(-1)
+    return prior + likelihood - dist.Normal(loc, scale).log_prob(loc).sum(-1)
+
+
+def sgd_steps(model, guide, x, lam, create_graph):
+    velocity = torch.zeros_like(lam)
+    for _ in range(guide.num_steps):
+        if not create_graph:
+            lam = lam.detach().requires_grad_()
+        grad = torch.autograd.grad(elbo_at_mean(model, guide, x, lam).sum(), lam, create_graph=create_graph)[0]
+        grad = guide._clip([grad])[0]
+        velocity = guide.momentum * velocity + grad
+        lam = lam + guide.lr * velocity
+    return lam
+
+
+@pytest.mark.parametrize("backprop", [True, False])
+def test_semi_amortized_training_signals_are_exact(monkeypatch, backprop):
+    """Noise-free samples make every ELBO deterministic: compare the routed gradients with plain autograd."""
+    deterministic_samples(monkeypatch)
+    model = LinearGaussian.orthogonal(data_dim=6, latent_dim=2, seed=3, learn=True)
+    x = model.sample(16, seed=4).detach()
+    guide = SemiAmortizedGuide(model, num_steps=3, lr=0.05, max_grad_norm=2.0, backprop=backprop, hidden_sizes=(16,))
+    guide.setup(x)
+    encoder, decoder = list(guide.encoder.parameters()), list(model.parameters())
+    Trace_ELBO(max_plate_nesting=1).loss_and_grads(model, guide, x)
+    routed_encoder = [p.grad.clone() for p in encoder]
+    routed_model = [p.grad.clone() for p in decoder]
+
+    lam0 = guide.encoder(x)
+    lam_k = sgd_steps(model, guide, x, lam0, create_graph=backprop)
+    objective = elbo_at_mean(model, guide, x, lam_k if backprop else lam0).sum()
+    want_encoder = torch.autograd.grad(-objective, encoder)
+    want_model = torch.autograd.grad(-elbo_at_mean(model, guide, x, lam_k.detach()).sum(), decoder)
+    for got, want in zip(routed_encoder + routed_model, list(want_encoder) + list(want_model)):
+        assert torch.allclose(got, want, rtol=1e-6, atol=1e-8)
+
+
+# ---------------------------------------------------------------------------------------------- options and costs
+
+
+def test_observe_gives_the_same_data_as_running_the_model(linear_gaussian):
+    model, x_train, _ = linear_gaussian
+    reading = AmortizedGuide(model, hidden_sizes=(8,))
+    told = AmortizedGuide(model, hidden_sizes=(8,), observe=observe).setup(x_train[:2])
+    reading.setup(x_train[:2])
+    told.load_state_dict(reading.state_dict())
+    assert torch.equal(reading.get_posterior(x_train[:5])["z"].mean, told.get_posterior(x_train[:5])["z"].mean)
+    bad = AmortizedGuide(model, hidden_sizes=(8,), observe=lambda idx, x, **kw: x[idx, :3])
+    with pytest.raises(ValueError, match=r"observe\(\) returned shape \(5, 3\); expected .*\(5, 10\)"):
+        bad(x_train[:5])
+
+
+def test_inference_costs(linear_gaussian):
+    model, _, _ = linear_gaussian
+    assert IterativeGuide(model, num_iterations=5).inference_cost().total == 10
+    assert AmortizedGuide(model).inference_cost() == AmortizedGuide(model).inference_cost(None)
+    assert AmortizedGuide(model).inference_cost().forward == 1
+    assert AmortizedGuide(model, observe=observe).inference_cost().total == 0
+    cost = SemiAmortizedGuide(model, num_steps=4, observe=observe).inference_cost()
+    assert (cost.forward, cost.backward) == (4, 4)
+
+
+def test_counted_model_passes_match_the_reported_cost(linear_gaussian):
+    model, x_train, _ = linear_gaussian
+    calls = []
+
+    def counting_model(x, **kwargs):
+        calls.append(None)
+        return model(x, **kwargs)
+
+    for guide in (
+        IterativeGuide(counting_model, num_iterations=4, hidden_sizes=(8,)),
+        AmortizedGuide(counting_model, hidden_sizes=(8,)),
+        SemiAmortizedGuide(counting_model, num_steps=3, hidden_sizes=(8,)),
+    ):
+        guide.setup(x_train[:4])
+        calls.clear()
+        with torch.no_grad():
+            guide(x_train[:4])
+        # every full model run is one forward pass; the first call only locates the batch (stops early)
+        assert len(calls) - 1 == guide.inference_cost().forward
+
+
+def test_matched_amortized_guide_is_within_five_percent(linear_gaussian):
+    model, x_train, _ = linear_gaussian
+    iterative = IterativeGuide(model, num_iterations=5, hidden_sizes=(128, 128))
+    standard = matched_amortized_guide(model, iterative, x_train[:2])
+    ratio = inference_parameters(standard) / inference_parameters(iterative)
+    assert abs(ratio - 1) < 0.05, ratio
+    assert len(standard.hidden_sizes) == 2 and standard.hidden_sizes[0] > 128  # needs wider layers
+    with pytest.raises(ValueError, match="within 0%"):
+        matched_amortized_guide(model, iterative, x_train[:2], tolerance=1e-9, num_layers=1)
+
+
+def test_optimize_local_starts_from_a_guide_and_leaves_the_model_untouched(linear_gaussian):
+    model = LinearGaussian.orthogonal(data_dim=10, latent_dim=2, seed=0, learn=True)
+    x = model.sample(40, seed=1).detach()
+    guide = IterativeGuide(model, num_iterations=2, hidden_sizes=(16,))
+    train(model, guide, x, steps=30, subsample_size=20)
+    for p in model.parameters():
+        p.grad = None
+    pyro.set_rng_seed(9)  # the guide's refinement is itself random (Monte-Carlo ELBO gradients)
+    start = guide.get_posterior(x)["z"].mean
+    pyro.set_rng_seed(9)
+    result = optimize_local(model, x, init=guide, optimizer="sgd", lr=1e-3, num_steps=0)
+    assert torch.allclose(result.posterior["z"].mean, start)
+    refined = optimize_local(model, x, init=guide, optimizer="rmsprop", num_steps=50, num_particles=4)
+    assert refined.trajectory[-5:].mean() > refined.trajectory[:1].mean()
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_optimize_local_refuses_bad_settings(linear_gaussian):
+    model, x_train, _ = linear_gaussian
+    with pytest.raises(ValueError, match="Unknown optimizer 'lbfgs'"):
+        optimize_local(model, x_train[:4], optimizer="lbfgs")
+    with pytest.raises(ValueError, match="lr must be positive"):
+        optimize_local(model, x_train[:4], lr=-1.0)
+
+    def with_global(x):
+        shift = pyro.sample("shift", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal((z + shift).unsqueeze(-1), 1.0).expand([x.shape[0], 10]).to_event(1), obs=x)
+
+    with pytest.raises(ValueError, match=r"global latent sites \['shift'\]; pass init=guide"):
+        optimize_local(with_global, x_train[:4])
