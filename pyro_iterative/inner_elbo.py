@@ -138,14 +138,33 @@ class InnerELBO:
         elbo = per_datapoint_elbo(model_trace, guide_trace, self.layout.plate, self.particle_dim)
         return elbo, model_trace
 
+    def log_weights(
+        self,
+        args: tuple,
+        kwargs: dict,
+        params: LocalParams,
+        batch: Batch,
+        global_values: dict[str, torch.Tensor],
+    ) -> torch.Tensor:
+        """``(num_particles, batch)`` importance log-weights ``log p(x_i, z) - log q(z)``, one per sample."""
+        guide_trace, model_trace = self.trace(args, kwargs, params, batch, global_values)
+        weights = per_datapoint_elbo(model_trace, guide_trace, self.layout.plate, self.particle_dim, reduce=False)
+        return weights if self.particle_dim is not None else weights.unsqueeze(0)
+
 
 def per_datapoint_elbo(
-    model_trace: Trace, guide_trace: Trace, plate: CondIndepStackFrame, particle_dim: int | None = None
+    model_trace: Trace,
+    guide_trace: Trace,
+    plate: CondIndepStackFrame,
+    particle_dim: int | None = None,
+    *,
+    reduce: bool = True,
 ) -> torch.Tensor:
     """``(batch,)`` ELBO estimates from a guide trace and the model trace replayed against it.
 
     Sums ``log p - log q`` over the sites inside the data ``plate`` (matched by name), one value per
-    datapoint, with plate subsampling scales divided out; averages over a particle dimension if given.
+    datapoint, with plate subsampling scales divided out; averages over a particle dimension if given
+    (``reduce=False`` keeps it: ``(particles, batch)`` log-weights).
 
     Usage::
 
@@ -160,7 +179,7 @@ def per_datapoint_elbo(
                 elbo = elbo + sign * _per_datapoint(log_prob, plate.dim, particle_dim)
     if isinstance(elbo, float):
         raise ValueError(f"No sample site of these traces lies inside the plate '{plate.name}'.")
-    return elbo.mean(0) if particle_dim is not None else elbo
+    return elbo.mean(0) if particle_dim is not None and reduce else elbo
 
 
 def locate_batch(model: Callable, plate_name: str, args: tuple, kwargs: dict) -> Batch:

@@ -131,7 +131,7 @@ class IterativeGuide(LocalGuide):
         like = self._parameter_like()
         lam = self._initial_lambda(len(batch))
         training = torch.is_grad_enabled()
-        data, elbos, network_loss = None, [], None
+        data, elbos, path, network_loss = None, [], [], None
         for t in range(num_iterations):
             leaves = {name: value.detach().requires_grad_() for name, value in lam.items()}
             with torch.enable_grad():
@@ -139,6 +139,7 @@ class IterativeGuide(LocalGuide):
                 grads = torch.autograd.grad(elbo.sum(), list(leaves.values()))
             if record:
                 elbos.append(elbo.detach())
+                path.append({name: value.detach() for name, value in leaves.items()})
             if data is None and "data" in self.encode:
                 data = self._observed_data(model_trace).to(like.dtype)
             if training and t > 0:
@@ -161,4 +162,4 @@ class IterativeGuide(LocalGuide):
             lam = {name: value.detach() + (value - value.detach()) / num_iterations for name, value in lam.items()}
             if network_loss is not None:
                 network_loss = network_loss / num_iterations
-        return Refinement(lam=lam, elbos=elbos, network_loss=network_loss)
+        return Refinement(lam=lam, elbos=elbos, path=path, network_loss=network_loss)

@@ -69,12 +69,14 @@ class Refinement:
     :ivar lam: per local site, the final lambda as ``(batch, 2 * size)``: locations, then log-scales.
     :ivar elbos: the ``(batch,)`` ELBO estimates at the intermediate lambdas the method evaluated
         (empty for a one-shot encoder); the ELBO at the final lambda is added by the caller.
+    :ivar path: when recording, the intermediate lambdas themselves, one dict per entry of ``elbos``.
     :ivar network_loss: ``(batch,)`` surrogate loss for the inference networks beyond the final ELBO,
         or ``None``. Only its gradient is used: it enters the guide as a zero-valued factor.
     """
 
     lam: dict[str, torch.Tensor]
     elbos: list[torch.Tensor] = field(default_factory=list)
+    path: list[dict[str, torch.Tensor]] = field(default_factory=list)
     network_loss: torch.Tensor | None = None
 
 

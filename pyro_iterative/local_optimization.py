@@ -8,6 +8,7 @@ works on the sum over datapoints, so each datapoint's path is independent of its
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -15,7 +16,7 @@ import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
 
-from .inner_elbo import InnerELBO, locate_batch
+from .inner_elbo import Batch, InnerELBO, locate_batch
 from .local_guide import LocalGuide, ModelPasses, initial_lambda, local_params
 from .sites import discover_sites
 
@@ -42,8 +43,8 @@ DEFAULT_LEARNING_RATES = {"sgd": 1e-3, "momentum": 1e-4, "rmsprop": 1e-2, "adam"
 class LocalOptimization:
     """Result of :func:`optimize_local`.
 
-    :ivar trajectory: ``(num_steps + 1, batch)`` per-datapoint ELBO estimates at the start and after
-        every step.
+    :ivar trajectory: ``(steps + 1, batch)`` per-datapoint ELBO estimates at the start and after every
+        step (``steps`` is ``num_steps`` unless ``patience`` stopped the run earlier).
     :ivar lam: per local site, the final ``(batch, 2 * size)`` locations and log-scales (unconstrained).
     :ivar posterior: per local site, the final q in the site's constrained space.
     :ivar cost: model passes per datapoint spent (one forward and backward pass per step).
@@ -63,6 +64,8 @@ def optimize_local(
     lr: float | None = None,
     num_steps: int = 100,
     num_particles: int = 1,
+    patience: int | None = None,
+    tol: float = 1e-3,
     plate_name: str | None = None,
     **kwargs,
 ) -> LocalOptimization:
@@ -76,28 +79,22 @@ def optimize_local(
 
         result = optimize_local(model, x_test, optimizer="adam", lr=0.05, num_steps=200)
         result.trajectory.mean(1)               # mean ELBO after each step
-        refined = optimize_local(model, x_test, init=guide, num_steps=100)
-        gap = refined.trajectory[-1] - guide.elbo_trajectory(x_test)[-1]
+        refined = optimize_local(model, x_test, init=guide, num_steps=5000, patience=200)  # until it stalls
 
     :param optimizer: ``"sgd"``, ``"momentum"`` (SGD with momentum 0.9), ``"rmsprop"`` or ``"adam"``.
     :param lr: learning rate; default from :data:`DEFAULT_LEARNING_RATES`.
-    :param num_steps: optimizer steps.
+    :param num_steps: optimizer steps (the most, with ``patience``).
     :param num_particles: samples per datapoint in each ELBO estimate.
+    :param patience: stop early once the batch's best mean ELBO has not risen by more than ``tol``
+        (nats per datapoint) for this many steps.
     :param plate_name: the data plate (ignored with ``init``, whose plate is used).
     """
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"Unknown optimizer '{optimizer}'; choose one of {sorted(OPTIMIZERS)}.")
-    lr = DEFAULT_LEARNING_RATES[optimizer] if lr is None else lr
-    if not lr > 0:
-        raise ValueError(f"lr must be positive, got {lr}.")
-    if not isinstance(num_steps, int) or num_steps < 0:
-        raise ValueError(f"num_steps must be a non-negative integer, got {num_steps!r}.")
+    _check_settings(optimizer, lr, num_steps, patience)
     if init is not None:
         if not isinstance(init, LocalGuide):
             raise TypeError(f"init must be a guide of pyro_iterative (a LocalGuide), got {type(init).__name__}.")
         refinement, batch, global_values = init._inspect(args, kwargs, None, record=False)
-        layout = init.layout
-        lam = {name: value.detach() for name, value in refinement.lam.items()}
+        layout, lam = init.layout, refinement.lam
     else:
         with poutine.block():
             prototype = poutine.trace(model).get_trace(*args, **kwargs)
@@ -110,15 +107,48 @@ def optimize_local(
         batch, global_values = locate_batch(model, layout.plate_name, args, kwargs), {}
         lam = initial_lambda(layout, len(batch), like=prototype.nodes[layout.local_sites[0].name]["value"])
     inner = InnerELBO(model, layout, num_particles)
-    leaves = [value.clone().requires_grad_() for value in lam.values()]
+    return _optimize(inner, args, kwargs, batch, global_values, lam, optimizer, lr, num_steps, patience, tol)
+
+
+def _check_settings(optimizer: str, lr: float | None, num_steps: int, patience: int | None) -> None:
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"Unknown optimizer '{optimizer}'; choose one of {sorted(OPTIMIZERS)}.")
+    if lr is not None and not lr > 0:
+        raise ValueError(f"lr must be positive, got {lr}.")
+    if not isinstance(num_steps, int) or num_steps < 0:
+        raise ValueError(f"num_steps must be a non-negative integer, got {num_steps!r}.")
+    if patience is not None and (not isinstance(patience, int) or patience < 1):
+        raise ValueError(f"patience must be a positive integer or None, got {patience!r}.")
+
+
+def _optimize(
+    inner: InnerELBO,
+    args: tuple,
+    kwargs: dict,
+    batch: Batch,
+    global_values: dict[str, torch.Tensor],
+    lam: dict[str, torch.Tensor],
+    optimizer: str = "adam",
+    lr: float | None = None,
+    num_steps: int = 100,
+    patience: int | None = None,
+    tol: float = 1e-3,
+) -> LocalOptimization:
+    """The optimization loop of :func:`optimize_local`, from a given lambda."""
+    _check_settings(optimizer, lr, num_steps, patience)
+    layout = inner.layout
     names = list(lam)
-    opt = OPTIMIZERS[optimizer](leaves, lr)
-    trajectory = []
+    leaves = [lam[name].detach().clone().requires_grad_() for name in names]
+    opt = OPTIMIZERS[optimizer](leaves, DEFAULT_LEARNING_RATES[optimizer] if lr is None else lr)
+    trajectory, best, best_step = [], -math.inf, 0
     with torch.enable_grad():
         for step in range(num_steps + 1):
             elbo, _ = inner(args, kwargs, local_params(layout, dict(zip(names, leaves))), batch, global_values)
             trajectory.append(elbo.detach())
-            if step == num_steps:
+            mean = elbo.detach().mean().item()
+            if mean > best + tol:
+                best, best_step = mean, step
+            if step == num_steps or (patience is not None and step - best_step >= patience):
                 break
             grads = torch.autograd.grad(-elbo.sum(), leaves)  # no .backward(): the model's parameters stay untouched
             for leaf, grad in zip(leaves, grads):
@@ -126,9 +156,10 @@ def optimize_local(
             opt.step()
     final = {name: leaf.detach() for name, leaf in zip(names, leaves)}
     params = local_params(layout, final)
+    steps = len(trajectory) - 1
     return LocalOptimization(
         trajectory=torch.stack(trajectory),
         lam=final,
         posterior={site.name: site.distribution(*params[site.name]) for site in layout.local_sites},
-        cost=ModelPasses(forward=num_steps, backward=num_steps),
+        cost=ModelPasses(forward=steps, backward=steps),
     )

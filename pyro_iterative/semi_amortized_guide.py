@@ -107,7 +107,7 @@ class SemiAmortizedGuide(AmortizedGuide):
         start = {name: value.detach().requires_grad_(unroll) for name, value in encoded.items()}
         lam = dict(start)
         velocity = {name: torch.zeros_like(value) for name, value in start.items()}
-        elbos, network_loss = [], None
+        elbos, path, network_loss = [], [], None
         for t in range(num_steps):
             with torch.enable_grad():
                 leaves = lam if unroll else {name: value.detach().requires_grad_() for name, value in lam.items()}
@@ -115,6 +115,7 @@ class SemiAmortizedGuide(AmortizedGuide):
                 grads = torch.autograd.grad(elbo.sum(), [leaves[name] for name in names], create_graph=unroll)
             if record:
                 elbos.append(elbo.detach())
+                path.append({name: value.detach() for name, value in leaves.items()})
             if training and not self.backprop and t == 0:
                 # Krishnan et al.: the encoder ascends the ELBO of its own output.
                 network_loss = -sum((grad.detach() * encoded[name]).sum(-1) for name, grad in zip(names, grads))
@@ -130,5 +131,5 @@ class SemiAmortizedGuide(AmortizedGuide):
                 pulled = torch.autograd.grad([lam[name] for name in names], [start[name] for name in names], outer)
             network_loss = -sum((grad.detach() * encoded[name]).sum(-1) for name, grad in zip(names, pulled))
         return Refinement(
-            lam={name: value.detach() for name, value in lam.items()}, elbos=elbos, network_loss=network_loss
+            lam={name: value.detach() for name, value in lam.items()}, elbos=elbos, path=path, network_loss=network_loss
         )

@@ -1,0 +1,218 @@
+"""Evaluation of guides: ELBO per inference iteration, importance-sampled log-likelihood, amortization gap.
+
+Every result is an :class:`Estimate`: per-datapoint values, their mean and standard error over
+datapoints, and the model passes per datapoint spent to get them. The functions act on one call's
+model arguments (one batch); :func:`over_batches` runs any of them over a data set in chunks and joins
+the results. Training, data loading and plotting live elsewhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .inner_elbo import InnerELBO
+from .local_guide import LocalGuide, ModelPasses
+from .local_optimization import _optimize
+
+__all__ = [
+    "AmortizationGap",
+    "Estimate",
+    "amortization_gap",
+    "elbo_per_iteration",
+    "log_likelihood",
+    "over_batches",
+]
+
+
+@dataclass
+class Estimate:
+    """Per-datapoint values (datapoints on the last dim) with the model passes per datapoint they cost.
+
+    Usage::
+
+        estimate = log_likelihood(model, guide, x_test)
+        f"{estimate.mean:.2f} +- {estimate.standard_error:.2f} nats, {estimate.passes.total} passes"
+    """
+
+    values: torch.Tensor
+    passes: ModelPasses
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """Mean over datapoints."""
+        return self.values.mean(-1)
+
+    @property
+    def standard_error(self) -> torch.Tensor:
+        """Standard error of the mean over datapoints (zero for a single datapoint)."""
+        count = self.values.shape[-1]
+        if count < 2:
+            return torch.zeros_like(self.mean)
+        return self.values.std(-1) / math.sqrt(count)
+
+    def summary(self) -> dict:
+        """Mean, standard error and passes as plain Python numbers (lists for a trajectory), for JSON."""
+        return {
+            "mean": self.mean.tolist(),
+            "standard_error": self.standard_error.tolist(),
+            "num_datapoints": self.values.shape[-1],
+            "model_passes_per_datapoint": dataclasses.asdict(self.passes),
+        }
+
+
+@dataclass
+class AmortizationGap:
+    """The amortization gap of Cremer, Li & Duvenaud (ICML 2018) for a batch.
+
+    :ivar gap: ``ELBO(q*) - ELBO(q)`` per datapoint, q the guide's final q and q* its local optimum.
+    :ivar guide_elbo: ELBO of the guide's final q.
+    :ivar optimized_elbo: ELBO of q*, found by local optimization from q until it stopped improving.
+    :ivar trajectory: ``(K + 1, batch)`` ELBOs at every lambda the guide visited (its last row is ``guide_elbo``).
+    """
+
+    gap: Estimate
+    guide_elbo: Estimate
+    optimized_elbo: Estimate
+    trajectory: torch.Tensor
+
+    @property
+    def fraction_closed(self) -> torch.Tensor:
+        """Per inference iteration, the fraction of ``ELBO(q*) - ELBO(lambda_0)`` it closed (on batch means)."""
+        means = self.trajectory.mean(-1)
+        total = self.optimized_elbo.mean - means[0]
+        return (means[1:] - means[:-1]) / total
+
+
+def elbo_per_iteration(guide: LocalGuide, *args, num_iterations: int | None = None, **kwargs) -> Estimate:
+    """The guide's per-datapoint ELBO at every inference iteration: values of shape ``(K + 1, batch)``.
+
+    Usage::
+
+        estimate = elbo_per_iteration(guide, x_test)
+        estimate.mean, estimate.standard_error    # one entry per iteration 0..K
+    """
+    values = guide.elbo_trajectory(*args, num_iterations=num_iterations, **kwargs)
+    cost = guide.inference_cost(num_iterations)
+    return Estimate(values, ModelPasses(cost.forward + 1, cost.backward))
+
+
+def log_likelihood(
+    model: Callable, guide: LocalGuide, *args, num_samples: int = 5000, chunk_size: int = 100, **kwargs
+) -> Estimate:
+    """Importance-sampled log p(x) per datapoint (the IWAE bound), with the guide's final q as proposal.
+
+    ``log (1/S) sum_s p(x, z_s) / q(z_s)`` over ``num_samples`` samples, drawn ``chunk_size`` at a time so
+    that memory stays bounded. Global latents, if any, are held at one sample from the guide's global
+    posterior (the estimate is then conditional on it).
+
+    Usage::
+
+        estimate = log_likelihood(model, guide, x_test[:100], num_samples=5000)
+        -estimate.mean    # negative log-likelihood in nats per datapoint
+    """
+    if not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}.")
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}.")
+    if model is not guide.model:
+        raise ValueError("log_likelihood needs the guide's own model (the proposal is fitted to it).")
+    refinement, batch, global_values = guide._inspect(args, kwargs, None, record=False)
+    params = guide._local_params(refinement.lam)
+    chunks, remaining = [], num_samples
+    with torch.no_grad():
+        while remaining:
+            size = min(chunk_size, remaining)
+            inner = InnerELBO(model, guide.layout, size)
+            chunks.append(torch.logsumexp(inner.log_weights(args, kwargs, params, batch, global_values), dim=0))
+            remaining -= size
+    values = torch.logsumexp(torch.stack(chunks), dim=0) - math.log(num_samples)
+    cost = guide.inference_cost()
+    return Estimate(values, ModelPasses(cost.forward + num_samples, cost.backward))
+
+
+def amortization_gap(
+    model: Callable,
+    guide: LocalGuide,
+    *args,
+    optimizer: str = "adam",
+    lr: float | None = None,
+    max_steps: int = 5000,
+    patience: int = 100,
+    tol: float = 1e-3,
+    num_particles: int = 1,
+    eval_particles: int = 100,
+    **kwargs,
+) -> AmortizationGap:
+    """Amortization gap: the ELBO gained by optimizing each datapoint's q locally from the guide's output.
+
+    As Cremer et al. (2018) measure it: start from the guide's final q, run ``optimizer`` (Adam by default)
+    on every datapoint's q until the batch's mean ELBO stops improving (``patience`` steps without a gain of
+    ``tol``; at most ``max_steps``), and compare ELBOs, each estimated with ``eval_particles`` samples. Also
+    gives the ELBO at every lambda the guide visited, so :attr:`AmortizationGap.fraction_closed` tells
+    how much of the gap each inference iteration closes.
+
+    Usage::
+
+        result = amortization_gap(model, guide, x_test[:200])
+        result.gap.mean, result.gap.standard_error
+        result.fraction_closed        # per iteration of an IterativeGuide
+    """
+    if model is not guide.model:
+        raise ValueError("amortization_gap needs the guide's own model.")
+    refinement, batch, global_values = guide._inspect(args, kwargs, None, record=True)
+    inner = InnerELBO(model, guide.layout, num_particles)
+    evaluate = InnerELBO(model, guide.layout, eval_particles)
+
+    def elbo_at(lam: dict[str, torch.Tensor]) -> torch.Tensor:
+        with torch.no_grad():
+            return evaluate(args, kwargs, guide._local_params(lam), batch, global_values)[0]
+
+    optimized = _optimize(
+        inner, args, kwargs, batch, global_values, refinement.lam, optimizer, lr, max_steps, patience, tol
+    )
+    trajectory = torch.stack([elbo_at(lam) for lam in refinement.path] + [elbo_at(refinement.lam)])
+    final = elbo_at(optimized.lam)
+    cost = guide.inference_cost()
+    guide_elbo = Estimate(trajectory[-1], ModelPasses(cost.forward + eval_particles, cost.backward))
+    optimized_passes = ModelPasses(
+        cost.forward + optimized.cost.forward + eval_particles, cost.backward + optimized.cost.backward
+    )
+    return AmortizationGap(
+        gap=Estimate(final - trajectory[-1], optimized_passes),
+        guide_elbo=guide_elbo,
+        optimized_elbo=Estimate(final, optimized_passes),
+        trajectory=trajectory,
+    )
+
+
+def _join(parts: list):
+    first = parts[0]
+    if isinstance(first, Estimate):
+        passes = ModelPasses(max(p.passes.forward for p in parts), max(p.passes.backward for p in parts))
+        return Estimate(torch.cat([p.values for p in parts], dim=-1), passes)
+    if isinstance(first, torch.Tensor):
+        return torch.cat(parts, dim=-1)
+    if dataclasses.is_dataclass(first):
+        return type(first)(**{f.name: _join([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(first)})
+    raise TypeError(f"cannot join results of type {type(first).__name__}")
+
+
+def over_batches(fn: Callable[[torch.Tensor], object], data: torch.Tensor, batch_size: int = 500):
+    """Apply ``fn`` to consecutive chunks of ``data`` (datapoints on dim 0) and join the results.
+
+    Estimates are joined along the datapoint dim (their passes are the largest of any chunk).
+
+    Usage::
+
+        over_batches(lambda x: log_likelihood(model, guide, x), x_test, batch_size=100)
+    """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    if len(data) == 0:
+        raise ValueError("over_batches got an empty data set.")
+    return _join([fn(data[start : start + batch_size]) for start in range(0, len(data), batch_size)])
