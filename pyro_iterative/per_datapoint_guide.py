@@ -19,6 +19,7 @@ from pyro.infer.autoguide import AutoNormal
 from pyro.infer.autoguide.initialization import init_to_feasible
 
 from .inner_elbo import locate_batch, per_datapoint_elbo
+from .local_guide import ModelPasses
 from .sites import SiteLayout, discover_sites
 
 __all__ = [
@@ -74,6 +75,10 @@ class PerDatapointGuide(AutoNormal):
                     frame_name, frame.full_size or frame.size, dim=frame.dim, subsample_size=frame.size
                 )
         return self.plates
+
+    def inference_cost(self, num_iterations: int | None = None) -> ModelPasses:
+        """No model passes for its training datapoints (q is stored); new data needs :func:`optimize_local`."""
+        return ModelPasses(forward=0, backward=0)
 
     def elbo_trajectory(self, *args, **kwargs) -> torch.Tensor:
         """Per-datapoint ELBO of the stored q of the batch the model draws, shape ``(1, batch)``."""
