@@ -9,7 +9,7 @@ works on the sum over datapoints, so each datapoint's path is independent of its
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import pyro.distributions as dist
@@ -17,13 +17,14 @@ import pyro.poutine as poutine
 import torch
 
 from .inner_elbo import Batch, InnerELBO, locate_batch
-from .local_guide import LocalGuide, ModelPasses, initial_lambda, local_params
+from .local_guide import LocalGuide, ModelPasses, Refinement, initial_lambda, local_params
 from .sites import discover_sites
 
 __all__ = [
     "DEFAULT_LEARNING_RATES",
     "OPTIMIZERS",
     "LocalOptimization",
+    "OptimizingGuide",
     "optimize_local",
 ]
 
@@ -48,12 +49,14 @@ class LocalOptimization:
     :ivar lam: per local site, the final ``(batch, 2 * size)`` locations and log-scales (unconstrained).
     :ivar posterior: per local site, the final q in the site's constrained space.
     :ivar cost: model passes per datapoint spent (one forward and backward pass per step).
+    :ivar path: with ``record_path=True``, lambda at the start and after every step (else empty).
     """
 
     trajectory: torch.Tensor
     lam: dict[str, torch.Tensor]
     posterior: dict[str, dist.Distribution]
     cost: ModelPasses
+    path: list[dict[str, torch.Tensor]] = field(default_factory=list)
 
 
 def optimize_local(
@@ -66,6 +69,7 @@ def optimize_local(
     num_particles: int = 1,
     patience: int | None = None,
     tol: float = 1e-3,
+    record_path: bool = False,
     plate_name: str | None = None,
     **kwargs,
 ) -> LocalOptimization:
@@ -87,6 +91,7 @@ def optimize_local(
     :param num_particles: samples per datapoint in each ELBO estimate.
     :param patience: stop early once the batch's best mean ELBO has not risen by more than ``tol``
         (nats per datapoint) for this many steps.
+    :param record_path: keep lambda after every step in the result's ``path`` (memory grows with the steps).
     :param plate_name: the data plate (ignored with ``init``, whose plate is used).
     """
     _check_settings(optimizer, lr, num_steps, patience)
@@ -107,7 +112,9 @@ def optimize_local(
         batch, global_values = locate_batch(model, layout.plate_name, args, kwargs), {}
         lam = initial_lambda(layout, len(batch), like=prototype.nodes[layout.local_sites[0].name]["value"])
     inner = InnerELBO(model, layout, num_particles)
-    return _optimize(inner, args, kwargs, batch, global_values, lam, optimizer, lr, num_steps, patience, tol)
+    return _optimize(
+        inner, args, kwargs, batch, global_values, lam, optimizer, lr, num_steps, patience, tol, record_path=record_path
+    )
 
 
 def _check_settings(optimizer: str, lr: float | None, num_steps: int, patience: int | None) -> None:
@@ -133,6 +140,8 @@ def _optimize(
     num_steps: int = 100,
     patience: int | None = None,
     tol: float = 1e-3,
+    *,
+    record_path: bool = False,
 ) -> LocalOptimization:
     """The optimization loop of :func:`optimize_local`, from a given lambda."""
     _check_settings(optimizer, lr, num_steps, patience)
@@ -140,11 +149,13 @@ def _optimize(
     names = list(lam)
     leaves = [lam[name].detach().clone().requires_grad_() for name in names]
     opt = OPTIMIZERS[optimizer](leaves, DEFAULT_LEARNING_RATES[optimizer] if lr is None else lr)
-    trajectory, best, best_step = [], -math.inf, 0
+    trajectory, path, best, best_step = [], [], -math.inf, 0
     with torch.enable_grad():
         for step in range(num_steps + 1):
             elbo, _ = inner(args, kwargs, local_params(layout, dict(zip(names, leaves))), batch, global_values)
             trajectory.append(elbo.detach())
+            if record_path:
+                path.append({name: leaf.detach().clone() for name, leaf in zip(names, leaves)})
             mean = elbo.detach().mean().item()
             if mean > best + tol:
                 best, best_step = mean, step
@@ -162,4 +173,48 @@ def _optimize(
         lam=final,
         posterior={site.name: site.distribution(*params[site.name]) for site in layout.local_sites},
         cost=ModelPasses(forward=steps, backward=steps),
+        path=path,
     )
+
+
+class OptimizingGuide(LocalGuide):
+    """A guide with no inference network: q is optimized from lambda_0 for every batch, at every call.
+
+    The test-time inference of the per-datapoint baseline (variational EM learns no encoder, so new data
+    needs its own optimization). As a :class:`~pyro_iterative.local_guide.LocalGuide` it offers the same
+    inspection and evaluation as the learned guides; it is not meant to be trained.
+
+    Usage::
+
+        guide = OptimizingGuide(model, optimizer="adam", lr=0.05, num_steps=100)
+        guide.elbo_trajectory(x_test)   # (num_steps + 1, batch)
+
+    :param optimizer: a name from :data:`OPTIMIZERS`.
+    :param lr: learning rate; default from :data:`DEFAULT_LEARNING_RATES`.
+    :param num_steps: optimizer steps per call.
+    :param kwargs: options of :class:`~pyro_iterative.local_guide.LocalGuide`.
+    """
+
+    def __init__(
+        self, model: Callable, *, optimizer: str = "adam", lr: float | None = None, num_steps: int = 100, **kwargs
+    ) -> None:
+        _check_settings(optimizer, lr, num_steps, None)
+        super().__init__(model, **kwargs)
+        self.optimizer, self.lr, self.num_steps = optimizer, lr, num_steps
+
+    def _setup_networks(self, layout) -> None:
+        self.register_buffer("_like", torch.zeros(()))  # no parameters: remember the dtype and device
+
+    def _parameter_like(self) -> torch.Tensor:
+        return self._like
+
+    def inference_cost(self, num_iterations: int | None = None) -> ModelPasses:
+        steps = self.num_steps if num_iterations is None else num_iterations
+        return ModelPasses(forward=steps, backward=steps)
+
+    def _refine(self, args, kwargs, batch, global_values, *, num_iterations=None, record=False) -> Refinement:
+        steps = self.num_steps if num_iterations is None else num_iterations
+        lam = self._initial_lambda(len(batch))
+        result = _optimize(self._inner_elbo, args, kwargs, batch, global_values, lam, self.optimizer, self.lr, steps,
+                           record_path=record)
+        return Refinement(lam=result.lam, elbos=list(result.trajectory[:-1]), path=result.path[:-1])
