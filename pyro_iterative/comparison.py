@@ -9,6 +9,7 @@ The schema of metrics.json is ``docs/metrics-schema.md``; drawing lives in :mod:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import platform
 import time
 from dataclasses import dataclass
@@ -99,6 +100,21 @@ def _seeded(seed: int) -> None:
     pyro.set_rng_seed(seed)
 
 
+def _own_param_store(function: Callable) -> Callable:
+    """Run ``function`` with a fresh Pyro param store.
+
+    Every method's model has the same Pyro parameter names (``decoder$$$0.weight``...): in one global store
+    a new model would be handed the previous method's trained tensors. Each method gets its own store.
+    """
+
+    @functools.wraps(function)
+    def wrapped(*args, **kwargs):
+        with pyro.get_param_store().scope():
+            return function(*args, **kwargs)
+
+    return wrapped
+
+
 def _new_model_and_guide(config: RunConfig, method: str, x_train: torch.Tensor):
     _seeded(config.seed)  # every method starts from the same decoder initialisation
     model = build_model(config.model, x_train.shape[-1], latent_dim=config.latent_dim, hidden=config.hidden)
@@ -113,6 +129,7 @@ def _test_elbo(guide: Callable, x: torch.Tensor, batch_size: int = 500) -> tuple
     return float(estimate.mean[-1]), float(estimate.standard_error[-1])
 
 
+@_own_param_store
 def train_method(
     config: RunConfig, method: str, x_train: torch.Tensor, x_eval: torch.Tensor, run_dir: Path, *,
     resume: bool = False, quiet: bool = False, log: Callable[[str], None] = print,
@@ -136,6 +153,7 @@ def train_method(
     return model, guide, history
 
 
+@_own_param_store
 def load_trained(config: RunConfig, method: str, x_train: torch.Tensor, run_dir: Path):
     """Rebuild a method's model and guide from its checkpoint; return ``(model, guide, history, train_seconds)``."""
     state = load_checkpoint(run_dir / method / "checkpoint.pt", config=config.training_key(method))
@@ -147,6 +165,7 @@ def load_trained(config: RunConfig, method: str, x_train: torch.Tensor, run_dir:
     return model, guide, state["history"], state["seconds"]
 
 
+@_own_param_store
 def measure_method(
     config: RunConfig, method: str, model, guide, history: list[dict], x_eval: torch.Tensor
 ) -> dict:
@@ -185,6 +204,7 @@ def measure_method(
     }
 
 
+@_own_param_store
 def figure_data(
     config: RunConfig, model, guide: IterativeGuide, x_train: torch.Tensor, x_eval: torch.Tensor,
     log: Callable[[str], None] = print,
@@ -218,6 +238,7 @@ def figure_data(
     return figures
 
 
+@_own_param_store
 def _posterior_2d(config: RunConfig, x_train: torch.Tensor, x_eval: torch.Tensor, log) -> dict:
     """Train a 2-D latent VAE briefly and trace, for one test digit, the iterative and gradient-ascent paths."""
     _seeded(config.seed)
