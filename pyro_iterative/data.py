@@ -4,7 +4,7 @@ This module holds the data loaders: the 5000-digit MNIST subset shipped inside `
 download), full MNIST from local IDX files or, optionally, ``torchvision`` (:func:`load_mnist`, with the IDX reader
 :func:`read_idx`), user arrays from memory or ``.npy`` / ``.npz`` files (:func:`load_array`) and synthetic data from
 the linear-Gaussian reference model (:func:`synthetic_linear_gaussian`); and the dynamic / static binarization used for
-Bernoulli likelihoods (:func:`binarize`, :func:`static_binarize`, :func:`binarizer`). It does not hold models, guides or
+Bernoulli likelihoods (:func:`binarize`, :func:`static_binarize`). It does not hold models, guides or
 data loaders/batching utilities; minibatching is done through ``pyro.plate`` subsampling in the models.
 """
 
@@ -17,7 +17,6 @@ import os
 import struct
 import zipfile
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,10 +29,8 @@ if TYPE_CHECKING:
     from pyro_iterative.models import LinearGaussian
 
 __all__ = [
-    "BINARIZATIONS",
     "MNISTSplit",
     "binarize",
-    "binarizer",
     "load_array",
     "load_mnist",
     "load_mnist5k",
@@ -629,56 +626,6 @@ def _is_integer(tensor: Tensor) -> bool:
 
 
 # ---------------------------------------------------------------- binarization choice
-
-BINARIZATIONS = ("dynamic", "static", "none")
-"""The binarization modes accepted by :func:`binarizer` (and the command line)."""
-
-
-def binarizer(mode: str, *, seed: int = 0) -> Callable[[Tensor], Tensor]:
-    """
-    The binarization named ``mode``, as a callable from probabilities to data:
-
-    * ``"dynamic"``: a fresh Bernoulli draw on every call (:func:`binarize`), from a private
-      :class:`torch.Generator` seeded with ``seed`` (one per device), so that a run is reproducible and the global
-      RNG is untouched; call it on every minibatch or epoch;
-    * ``"static"``: the same draw on every call for the same input (:func:`static_binarize` with ``seed``); apply it
-      once to a whole data set, since the draw depends on the shape of its input (binarizing a minibatch on its own
-      gives another draw than binarizing it within the full data set);
-    * ``"none"``: the identity (grey levels in ``[0, 1]`` are kept as they are; the input is returned unchecked).
-
-    ``"dynamic"`` and ``"static"`` check that their input is a floating point tensor in ``[0, 1]``.
-
-    Usage::
-
-        binarize_fn = binarizer(args.binarize, seed=args.seed)   # args.binarize in BINARIZATIONS
-        x_batch = binarize_fn(x_train[idx])
-        x_test = binarizer("static", seed=0)(split.x_test)
-
-    :param str mode: one of :data:`BINARIZATIONS`.
-    :param int seed: seed of the draws (unused by ``"none"``).
-    :raises ValueError: if ``mode`` is not one of :data:`BINARIZATIONS`.
-    """
-    if mode not in BINARIZATIONS:
-        raise ValueError(f"unknown binarization {mode!r}: choose one of {', '.join(map(repr, BINARIZATIONS))}")
-    seed = int(seed)
-    if mode == "none":
-        return _identity
-    if mode == "static":
-        return functools.partial(static_binarize, seed=seed)
-    generators: dict[torch.device, torch.Generator] = {}
-
-    def dynamic(x: Tensor) -> Tensor:
-        _check_unit_interval(x)
-        if x.device not in generators:
-            generators[x.device] = torch.Generator(device=x.device).manual_seed(seed)
-        return binarize(x, generator=generators[x.device])
-
-    return dynamic
-
-
-def _identity(x: Tensor) -> Tensor:
-    return x
-
 
 # ---------------------------------------------------------------- synthetic data
 

@@ -17,7 +17,6 @@ from pyro_iterative import data
 from pyro_iterative.data import (
     MNISTSplit,
     binarize,
-    binarizer,
     load_array,
     load_mnist,
     load_mnist5k,
@@ -581,41 +580,6 @@ def test_load_array_refuses_empty_and_bad_input(tmp_path):
         load_array([[1.0, 2.0]])
     with pytest.raises(ValueError, match="dtype"):
         load_array(np.ones((2, 2)), dtype=torch.int64)
-
-
-# ---------------------------------------------------------------- binarizer
-
-
-def test_binarizer_dynamic(grey):
-    state = torch.get_rng_state()
-    first, second = binarizer("dynamic", seed=3), binarizer("dynamic", seed=3)
-    a1, a2 = first(grey), first(grey)
-    assert not torch.equal(a1, a2)  # fresh draw on every call
-    assert torch.equal(second(grey), a1) and torch.equal(second(grey), a2)  # reproducible run
-    assert not torch.equal(binarizer("dynamic", seed=4)(grey), a1)
-    assert set(a1.unique().tolist()) == {0.0, 1.0} and a1.shape == grey.shape
-    assert (a1[grey == 0] == 0).all() and (a1[grey == 1] == 1).all()
-    assert torch.equal(state, torch.get_rng_state())
-    with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        first(grey * 2)
-
-
-def test_binarizer_static_and_none(grey):
-    static = binarizer("static", seed=5)
-    a = static(grey)
-    assert torch.equal(a, static(grey)) and torch.equal(a, static_binarize(grey, seed=5))
-    assert not torch.equal(a, binarizer("static", seed=6)(grey))
-    assert set(a.unique().tolist()) == {0.0, 1.0}
-    identity = binarizer("none", seed=5)
-    assert identity(grey) is grey
-    assert data.BINARIZATIONS == ("dynamic", "static", "none")
-
-
-@pytest.mark.parametrize("mode", ["Dynamic", "stochastic", "", None])
-def test_binarizer_bad_mode(mode):
-    with pytest.raises(ValueError, match="unknown binarization") as info:
-        binarizer(mode)
-    assert all(repr(choice) in str(info.value) for choice in data.BINARIZATIONS)
 
 
 # ---------------------------------------------------------------- synthetic linear-Gaussian data
