@@ -20,7 +20,7 @@ import torch
 
 from .checkpoints import write_json
 from .methods import METHODS, MODELS
-from .training import BINARIZE_MODES
+from .training import BINARIZE_MODES, progress
 
 __all__ = [
     "main",
@@ -136,12 +136,16 @@ def _evaluate_run(config, run_dir: Path, x_train, x_eval, trained: dict, command
     log = _log(quiet)
     metrics = {"config": {**config.to_dict(), "command": command, "versions": versions(), "machine": machine()},
                "methods": {}}
-    for method, (model, guide, history) in trained.items():
-        log(f"measuring {method} ...")
-        metrics["methods"][method] = measure_method(config, method, model, guide, history, x_eval)
-    if "iterative" in trained:
-        log("computing figure data ...")
-        metrics["figures"] = figure_data(config, trained["iterative"][0], trained["iterative"][1], x_train, x_eval, log)
+    stages = list(trained) + (["figures"] if "iterative" in trained else [])
+    with progress(len(stages), "measuring", not quiet and sys.stderr.isatty()) as bar:
+        for method, (model, guide, history) in trained.items():
+            log(f"measuring {method}: ELBO per iteration, log p(x) ({config.is_samples} samples), amortization gap")
+            metrics["methods"][method] = measure_method(config, method, model, guide, history, x_eval)
+            bar.update()
+        if "iterative" in trained:
+            log("computing figure data: optimizer comparison, reconstructions, 2-D posterior")
+            metrics["figures"] = figure_data(config, *trained["iterative"][:2], x_train, x_eval, log)
+            bar.update()
     write_json(run_dir / "metrics.json", metrics)
     _plot(metrics, run_dir, quiet)
     return metrics

@@ -25,6 +25,7 @@ import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
 from pyro.infer.autoguide import AutoGuide, AutoNormal
+from pyro.infer.autoguide.initialization import init_to_feasible
 from pyro.poutine.util import site_is_subsample
 
 from .inner_elbo import Batch, InnerELBO, LocalParams, locate_batch
@@ -125,6 +126,8 @@ class LocalGuide(AutoGuide):
     :param float init_loc: initial unconstrained location of q (lambda_0).
     :param float init_scale: initial unconstrained scale of q (lambda_0).
     :param float global_init_scale: initial scale of the global sites' AutoNormal.
+    :param callable global_init_loc_fn: initial location of the global sites (an ``init_loc_fn`` of
+        Pyro's autoguides, e.g. ``init_to_median`` or ``init_to_value(values=...)``; default ``init_to_feasible``).
     :param callable create_plates: as for Pyro's AutoGuide: a function of the model's arguments that
         returns the model's plates (for example the data plate with its ``subsample=``). Without it
         the guide asks the model which datapoints it draws and reuses them.
@@ -145,6 +148,7 @@ class LocalGuide(AutoGuide):
         init_loc: float = 0.0,
         init_scale: float = 1.0,
         global_init_scale: float = 0.1,
+        global_init_loc_fn: Callable = init_to_feasible,
         create_plates: Callable | None = None,
         observe: Callable | None = None,
     ) -> None:
@@ -161,6 +165,7 @@ class LocalGuide(AutoGuide):
         self.init_loc = float(init_loc)
         self.init_scale = float(init_scale)
         self.global_init_scale = float(global_init_scale)
+        self.global_init_loc_fn = global_init_loc_fn
         self.layout: SiteLayout | None = None
 
     @property
@@ -188,7 +193,9 @@ class LocalGuide(AutoGuide):
         self.global_guide = None
         if self.layout.global_names:
             global_model = poutine.block(self.model, expose=list(self.layout.global_names))
-            self.global_guide = AutoNormal(global_model, init_scale=self.global_init_scale)
+            self.global_guide = AutoNormal(
+                global_model, init_loc_fn=self.global_init_loc_fn, init_scale=self.global_init_scale
+            )
             self.global_guide._setup_prototype(*args, **kwargs)
         prototype = self.prototype_trace.nodes[self.layout.local_sites[0].name]["value"]
         self._setup_networks(self.layout)
@@ -375,14 +382,14 @@ class LocalGuide(AutoGuide):
         params = self._local_params(refinement.lam)
         return {site.name: site.distribution(*params[site.name]) for site in self.layout.local_sites}
 
-    def median(self, *args, **kwargs) -> dict[str, torch.Tensor]:
+    def median(self, *args, num_iterations: int | None = None, **kwargs) -> dict[str, torch.Tensor]:
         """Posterior median of every latent: local sites from the final q, global sites from their AutoNormal.
 
         Usage::
 
             guide.median(x)["z"]
         """
-        refinement, _, _ = self._inspect(args, kwargs, None, record=False)
+        refinement, _, _ = self._inspect(args, kwargs, num_iterations, record=False)
         params = self._local_params(refinement.lam)
         result = self.global_guide.median(*args, **kwargs) if self.global_guide is not None else {}
         for site in self.layout.local_sites:

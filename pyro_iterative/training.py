@@ -25,6 +25,7 @@ from .data import binarize, static_binarize
 __all__ = [
     "BINARIZE_MODES",
     "TrainingError",
+    "progress",
     "setup_guide",
     "train",
 ]
@@ -110,7 +111,7 @@ def train(
     for epoch in range(first_epoch, epochs + 1):
         start = time.perf_counter()
         x, total = draw(), 0.0
-        with _progress(steps, f"epoch {epoch}/{epochs}", show) as bar:
+        with progress(steps, f"epoch {epoch}/{epochs}", show) as bar:
             for step in range(steps):
                 loss = svi.step(x, subsample_size=min(batch_size, len(x))) / len(x)
                 if not math.isfinite(loss):
@@ -137,7 +138,8 @@ def train(
     return history
 
 
-def _progress(total: int, description: str, show: bool):
+def progress(total: int, description: str, show: bool):
+    """A tqdm progress bar that is silent unless ``show`` (the CLI shows bars only on a terminal)."""
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=description, leave=False, disable=not show, unit="step")
+    return tqdm(total=total, desc=description, leave=False, disable=not show)

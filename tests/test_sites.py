@@ -166,3 +166,23 @@ def test_event_shape_support_is_kept():
     layout = discover_sites(poutine.trace(constrained_model).get_trace(data()))
     w = layout.local_sites[3]
     assert w.support is constraints.simplex and w.event_dim == 1 and w.unconstrained_event_dim == 1
+
+
+def test_global_sites_start_where_global_init_loc_fn_says():
+    from pyro.infer.autoguide.initialization import init_to_value
+
+    x = data()
+    guide = small_guide(constrained_model, global_init_loc_fn=init_to_value(values={"scale": torch.tensor(2.5)}))
+    guide.setup(x)
+    assert torch.allclose(guide.global_guide.median()["scale"], torch.tensor(2.5))
+
+
+def test_median_takes_num_iterations():
+    x = data()
+    guide = small_guide(constrained_model).setup(x)
+    pyro.set_rng_seed(1)
+    one = guide.median(x, num_iterations=1)["z"]
+    pyro.set_rng_seed(1)
+    assert torch.equal(one, guide.median(x, num_iterations=1)["z"])
+    pyro.set_rng_seed(1)
+    assert not torch.equal(one, guide.median(x, num_iterations=3)["z"])

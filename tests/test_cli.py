@@ -1,0 +1,93 @@
+"""The pyro-iterative command: a tiny end-to-end comparison, plot, evaluate, and its errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from pyro_iterative.cli import main
+
+pytest.importorskip("mlxtend")
+pytest.importorskip("matplotlib")
+
+TINY = ["--quick", "--epochs", "1", "--train-size", "128", "--eval-datapoints", "40", "--ll-datapoints", "4",
+        "--gap-datapoints", "16", "--is-samples", "50", "--local-steps", "3", "--latent-dim", "4", "--hidden", "32",
+        "--iterations", "2", "--quiet"]
+
+
+@pytest.mark.slow
+def test_compare_quick_writes_metrics_figures_and_report(tmp_path):
+    out = tmp_path / "run"
+    assert main(["compare", *TINY, "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["methods"]) == {"standard", "iterative", "semi_amortized", "per_datapoint"}
+    for entry in metrics["methods"].values():
+        for key in ("test_elbo", "elbo_per_iteration", "log_likelihood", "amortization_gap", "inference_params",
+                    "decoder_passes_per_datapoint", "train_seconds", "infer_seconds_per_datapoint"):
+            assert key in entry
+        assert len(entry["history"]) == 1
+    assert len(metrics["methods"]["iterative"]["elbo_per_iteration"]) == 3
+    params = [metrics["methods"][m]["inference_params"] for m in ("standard", "iterative", "semi_amortized")]
+    assert max(params) / min(params) < 1.05  # matched inference networks
+    assert metrics["config"]["versions"]["pyro"]
+    for name in ("optimizer_comparison", "reconstructions", "posterior_2d", "training_curves"):
+        assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (out / "report.md").read_text()
+    assert "Iterative (K=2)" in report and "pyro-iterative compare" in report
+
+    # plot redraws from the metrics alone; evaluate re-measures from the checkpoints, with the same numbers
+    (out / "report.md").unlink()
+    assert main(["plot", str(out / "metrics.json")]) == 0
+    assert (out / "report.md").exists()
+    assert main(["evaluate", "--out", str(out), "--quiet"]) == 0
+    again = json.loads((out / "metrics.json").read_text())
+    for name, entry in metrics["methods"].items():
+        for key in ("test_elbo", "log_likelihood", "amortization_gap"):
+            assert again["methods"][name][key] == entry[key], (name, key)
+
+
+@pytest.mark.slow
+def test_resume_after_a_kill_gives_the_same_metrics(tmp_path):
+    args = [*TINY, "--methods", "standard,iterative", "--epochs", "3"]
+    main(["compare", *args, "--out", str(tmp_path / "whole")])
+    command = [sys.executable, "-m", "pyro_iterative", "compare", *args, "--out", str(tmp_path / "cut")]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = tmp_path / "cut" / "iterative" / "checkpoint.pt"
+    import time
+
+    deadline = time.time() + 120
+    while not checkpoint.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    process.kill()
+    process.wait()
+    assert checkpoint.exists(), "the run never reached the iterative method's first checkpoint"
+    assert not (tmp_path / "cut" / "metrics.json").exists()
+    main(["compare", *args, "--out", str(tmp_path / "cut"), "--resume"])
+    whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())["methods"]
+    cut = json.loads((tmp_path / "cut" / "metrics.json").read_text())["methods"]
+    for name in whole:
+        for key in ("test_elbo", "elbo_per_iteration", "log_likelihood", "amortization_gap"):
+            assert cut[name][key] == whole[name][key], (name, key)
+        assert [r["test_elbo"] for r in cut[name]["history"]] == [r["test_elbo"] for r in whole[name]["history"]]
+
+
+def test_bad_options_are_refused_with_a_message(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["compare", "--methods", "standard,magic", "--out", str(tmp_path / "a")])
+    assert "unknown method(s) ['magic']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["compare", "--epochs", "0"])
+    assert "must be a positive integer" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="holds no run"):
+        main(["compare", *TINY, "--out", str(tmp_path / "b"), "--resume"])
+    with pytest.raises(SystemExit):
+        main(["plot", str(tmp_path / "missing.json")])
+    assert "no metrics file" in capsys.readouterr().err
+
+
+def test_help_explains_every_command(capsys):
+    for command in ("compare", "train", "evaluate", "plot"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert "usage: pyro-iterative " + command in capsys.readouterr().out
