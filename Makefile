@@ -2,7 +2,7 @@
 #
 #   make install   create/reuse .venv, install CPU torch first, then the project in editable mode with [dev]
 #   make test      run the test suite (extra pytest arguments: make test PYTEST_ARGS="-k guide -x")
-#   make demo      run examples/vae_mnist.py
+#   make demo      run the comparison (pyro-iterative compare) and print where its report is
 #   make lint      ruff check .
 #   make clean     remove .venv and build/test caches
 #
@@ -16,6 +16,7 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 PIP_FLAGS ?= -q
 
 VPY := $(VENV)/bin/python
@@ -50,7 +51,7 @@ test: install
 	$(VPY) -m pytest -q $(PYTEST_ARGS)
 
 demo: install
-	$(VPY) examples/vae_mnist.py
+	$(VENV)/bin/pyro-iterative compare $(DEMO_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .
