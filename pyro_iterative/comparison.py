@@ -161,6 +161,8 @@ def load_trained(config: RunConfig, method: str, x_train: torch.Tensor, run_dir:
     setup_guide(guide, x_train, min(config.batch_size, len(x_train)))
     model.load_state_dict(state["model"])
     guide.load_state_dict(state["guide"])
+    if hasattr(guide, "nonfinite_gradients"):
+        guide.nonfinite_gradients = state.get("nonfinite_gradients", 0)
     pyro.clear_param_store()
     return model, guide, state["history"], state["seconds"]
 
@@ -200,6 +202,8 @@ def measure_method(
         "decoder_passes_per_datapoint": evaluator.inference_cost().total,
         "train_seconds": history[-1]["seconds"] if history else 0.0,
         "infer_seconds_per_datapoint": infer_seconds,
+        "nonfinite_gradients": getattr(guide, "nonfinite_gradients", 0)
+        + (evaluator.nonfinite_gradients if evaluator is not guide else 0),
         "history": history,
     }
 

@@ -33,6 +33,7 @@ __all__ = [
     "Batch",
     "InnerELBO",
     "LocalParams",
+    "check_observations",
     "locate_batch",
     "per_datapoint_elbo",
 ]
@@ -132,9 +133,16 @@ class InnerELBO:
         params: LocalParams,
         batch: Batch,
         global_values: dict[str, torch.Tensor],
+        *,
+        check_data: bool = False,
     ) -> tuple[torch.Tensor, Trace]:
-        """Return the ``(batch,)`` ELBO estimates (averaged over particles) and the model trace."""
+        """Return the ``(batch,)`` ELBO estimates (averaged over particles) and the model trace.
+
+        With ``check_data``, observed values in the data plate are checked to be finite first.
+        """
         guide_trace, model_trace = self.trace(args, kwargs, params, batch, global_values)
+        if check_data:
+            check_observations(model_trace, self.layout)
         elbo = per_datapoint_elbo(model_trace, guide_trace, self.layout.plate, self.particle_dim)
         return elbo, model_trace
 
@@ -150,6 +158,28 @@ class InnerELBO:
         guide_trace, model_trace = self.trace(args, kwargs, params, batch, global_values)
         weights = per_datapoint_elbo(model_trace, guide_trace, self.layout.plate, self.particle_dim, reduce=False)
         return weights if self.particle_dim is not None else weights.unsqueeze(0)
+
+
+def check_observations(model_trace: Trace, layout: SiteLayout) -> None:
+    """Refuse observed values that no ELBO can score: NaN or infinite entries, and raw ``uint8`` images.
+
+    :raises ValueError: naming the site, how many values and datapoints are affected, and what to do.
+    """
+    for site in layout.observed_sites:
+        value = model_trace.nodes[site.name]["value"]
+        if value.dtype == torch.uint8:
+            raise ValueError(
+                f"Observed site '{site.name}' holds uint8 values (raw 0..255 images). Convert them to floats in [0, 1] "
+                "first: x.float() / 255 (pyro_iterative.data.load_array does this for you)."
+            )
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            rows = site.flatten(value, layout.plate.dim)
+            bad = ~torch.isfinite(rows).all(-1)
+            raise ValueError(
+                f"Observed site '{site.name}' holds {int((~torch.isfinite(rows)).sum())} NaN or infinite values in "
+                f"{int(bad.sum())} of the {len(rows)} datapoints of this batch (the first at position "
+                f"{int(bad.nonzero()[0])}); remove or impute them before inference."
+            )
 
 
 def per_datapoint_elbo(
@@ -200,7 +230,13 @@ def locate_batch(model: Callable, plate_name: str, args: tuple, kwargs: dict) ->
             tracer(*args, **kwargs)
         except NonlocalExit:
             pass
+        except ZeroDivisionError:  # Pyro's plate scales by full size / subsample size
+            site = tracer.trace.nodes.get(plate_name)
+            if site is None or len(site["value"]) != 0:
+                raise
     site = tracer.trace.nodes.get(plate_name)
+    if site is not None and len(site["value"]) == 0:
+        raise ValueError(f"The batch is empty: the model's plate '{plate_name}' drew no datapoints. Pass at least one.")
     if site is None:
         raise ValueError(
             f"The model did not open its data plate '{plate_name}' with a size on this call; call it with the same "

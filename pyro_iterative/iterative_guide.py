@@ -135,8 +135,11 @@ class IterativeGuide(LocalGuide):
         for t in range(num_iterations):
             leaves = {name: value.detach().requires_grad_() for name, value in lam.items()}
             with torch.enable_grad():
-                elbo, model_trace = self._inner_elbo(args, kwargs, self._local_params(leaves), batch, global_values)
+                elbo, model_trace = self._inner_elbo(
+                    args, kwargs, self._local_params(leaves), batch, global_values, check_data=t == 0
+                )
                 grads = torch.autograd.grad(elbo.sum(), list(leaves.values()))
+            finite, grads = self._contain(elbo, list(grads))
             if record:
                 elbos.append(elbo.detach())
                 path.append({name: value.detach() for name, value in leaves.items()})
@@ -155,6 +158,8 @@ class IterativeGuide(LocalGuide):
                 if "data" in self.encode:
                     inputs.append(data)
                 new_lam[site.name] = net(torch.cat(inputs, dim=-1), previous)
+                if finite is not None:  # datapoints with a non-finite gradient keep their previous estimate
+                    new_lam[site.name] = torch.where(finite.unsqueeze(-1), new_lam[site.name], previous)
             lam = new_lam
         if training:
             # The final ELBO, scored by the outer loss, counts 1/K towards the networks' averaged objective;

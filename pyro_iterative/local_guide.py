@@ -28,7 +28,7 @@ from pyro.infer.autoguide import AutoGuide, AutoNormal
 from pyro.infer.autoguide.initialization import init_to_feasible
 from pyro.poutine.util import site_is_subsample
 
-from .inner_elbo import Batch, InnerELBO, LocalParams, locate_batch
+from .inner_elbo import Batch, InnerELBO, LocalParams, check_observations, locate_batch
 from .sites import SiteLayout, discover_sites
 
 __all__ = [
@@ -167,6 +167,8 @@ class LocalGuide(AutoGuide):
         self.global_init_scale = float(global_init_scale)
         self.global_init_loc_fn = global_init_loc_fn
         self.layout: SiteLayout | None = None
+        #: datapoint-iterations whose ELBO or its gradient was not finite (they kept their previous lambda)
+        self.nonfinite_gradients = 0
 
     @property
     def num_particles(self) -> int:
@@ -250,10 +252,33 @@ class LocalGuide(AutoGuide):
         return local_params(self.layout, lam)
 
     def _observed_data(self, model_trace) -> torch.Tensor:
-        """The batch's observed values from a model trace, one flattened row per datapoint."""
+        """The batch's observed values from a model trace, one flattened row per datapoint (checked first)."""
+        check_observations(model_trace, self.layout)
         dim = self.layout.plate.dim
         rows = [site.flatten(model_trace.nodes[site.name]["value"], dim) for site in self.layout.observed_sites]
-        return torch.cat(rows, dim=-1)
+        return self._check_data_width(torch.cat(rows, dim=-1))
+
+    def _check_data_width(self, data: torch.Tensor) -> torch.Tensor:
+        if data.shape[-1] != self.layout.data_size:
+            raise ValueError(
+                f"The model's observed sites now give {data.shape[-1]} values per datapoint, but this guide's networks "
+                f"were built for {self.layout.data_size}. Build a new guide for data of this shape."
+            )
+        return data
+
+    def _contain(self, elbo: torch.Tensor, grads: list[torch.Tensor]) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+        """Find datapoints whose ELBO or gradient is not finite; count them and zero their gradients.
+
+        Returns ``(finite, grads)`` where ``finite`` is a ``(batch,)`` mask, or ``None`` when every datapoint is
+        fine (the common case, which costs one check). The caller keeps those datapoints' previous lambda.
+        """
+        finite = torch.isfinite(elbo)
+        for grad in grads:
+            finite = finite & torch.isfinite(grad).all(-1)
+        if bool(finite.all()):
+            return None, grads
+        self.nonfinite_gradients += int((~finite).sum())
+        return finite, [torch.where(finite.unsqueeze(-1), grad, torch.zeros_like(grad)) for grad in grads]
 
     def _parameter_like(self) -> torch.Tensor:
         return next(self.parameters())
@@ -263,6 +288,11 @@ class LocalGuide(AutoGuide):
         like = self._parameter_like()
         if self.observe is not None:
             data = self.observe(batch.indices, *args, **kwargs)
+            if data.dtype == torch.uint8 or not torch.isfinite(data.float()).all():
+                raise ValueError(
+                    "observe() returned raw uint8 values or NaN/infinite values; return finite floats (uint8 images: "
+                    "x.float() / 255)."
+                )
             if data.shape != (len(batch), self.layout.data_size):
                 raise ValueError(
                     f"observe() returned shape {tuple(data.shape)}; expected (batch, data_size) = "

@@ -113,15 +113,18 @@ class SemiAmortizedGuide(AmortizedGuide):
                 leaves = lam if unroll else {name: value.detach().requires_grad_() for name, value in lam.items()}
                 elbo, _ = self._inner_elbo(args, kwargs, self._local_params(leaves), batch, global_values)
                 grads = torch.autograd.grad(elbo.sum(), [leaves[name] for name in names], create_graph=unroll)
+            finite, grads = self._contain(elbo, list(grads))
             if record:
                 elbos.append(elbo.detach())
                 path.append({name: value.detach() for name, value in leaves.items()})
             if training and not self.backprop and t == 0:
                 # Krishnan et al.: the encoder ascends the ELBO of its own output.
                 network_loss = -sum((grad.detach() * encoded[name]).sum(-1) for name, grad in zip(names, grads))
-            for name, grad in zip(names, self._clip(list(grads))):
+            for name, grad in zip(names, self._clip(grads)):
                 velocity[name] = self.momentum * velocity[name] + grad
                 lam[name] = leaves[name] + self.lr * velocity[name]
+                if finite is not None:  # datapoints with a non-finite gradient keep their previous estimate
+                    lam[name] = torch.where(finite.unsqueeze(-1), lam[name], leaves[name])
         if unroll:
             # SA-VAE: the final ELBO's gradient w.r.t. lambda_K, pulled back through the steps to lambda_0.
             with torch.enable_grad():

@@ -105,6 +105,8 @@ def train(
         svi.optim.set_state(state["optim"])
         set_rng_state(state["rng"])
         history, seconds, first_epoch = state["history"], state["seconds"], state["epoch"] + 1
+        if hasattr(guide, "nonfinite_gradients"):
+            guide.nonfinite_gradients = state.get("nonfinite_gradients", 0)
         log(f"resumed from {checkpoint} after epoch {state['epoch']}")
     steps = max(1, len(x_train) // batch_size)
     show = not quiet and sys.stderr.isatty()
@@ -126,14 +128,17 @@ def train(
         record = {"epoch": epoch, "seconds": seconds, "train_loss": total / steps, "test_elbo": test_elbo,
                   "test_elbo_se": test_elbo_se}
         history.append(record)
+        faults = getattr(guide, "nonfinite_gradients", 0)
         if not quiet:
             log(f"epoch {epoch:3d}/{epochs}  train loss {record['train_loss']:9.3f}  test ELBO {test_elbo:9.3f} "
-                f"± {test_elbo_se:.3f}  ({seconds:6.1f} s)")
+                f"± {test_elbo_se:.3f}  ({seconds:6.1f} s)"
+                + (f"  [{faults} non-finite ELBO gradients contained so far]" if faults else ""))
         if checkpoint is not None:
             save_checkpoint(
                 checkpoint,
                 {"config": config, "epoch": epoch, "model": model.state_dict(), "guide": guide.state_dict(),
-                 "optim": svi.optim.get_state(), "rng": get_rng_state(), "history": history, "seconds": seconds},
+                 "optim": svi.optim.get_state(), "rng": get_rng_state(), "history": history, "seconds": seconds,
+                 "nonfinite_gradients": faults},
             )
     return history
 

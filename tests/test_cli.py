@@ -66,10 +66,13 @@ def test_resume_after_a_kill_gives_the_same_metrics(tmp_path):
     main(["compare", *args, "--out", str(tmp_path / "cut"), "--resume"])
     whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())["methods"]
     cut = json.loads((tmp_path / "cut" / "metrics.json").read_text())["methods"]
-    for name in whole:
-        for key in ("test_elbo", "elbo_per_iteration", "log_likelihood", "amortization_gap"):
-            assert cut[name][key] == whole[name][key], (name, key)
-        assert [r["test_elbo"] for r in cut[name]["history"]] == [r["test_elbo"] for r in whole[name]["history"]]
+    timings = {"train_seconds", "infer_seconds_per_datapoint", "history"}
+    for name in whole:  # two runs with the same seed: identical apart from timings
+        assert {k: v for k, v in cut[name].items() if k not in timings} == {
+            k: v for k, v in whole[name].items() if k not in timings
+        }
+        strip = [{k: v for k, v in r.items() if k != "seconds"} for r in whole[name]["history"]]
+        assert [{k: v for k, v in r.items() if k != "seconds"} for r in cut[name]["history"]] == strip
 
 
 def test_bad_options_are_refused_with_a_message(tmp_path, capsys):
