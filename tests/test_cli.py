@@ -94,3 +94,32 @@ def test_help_explains_every_command(capsys):
         with pytest.raises(SystemExit):
             main([command, "--help"])
         assert "usage: pyro-iterative " + command in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_training_killed_at_random_points_resumes_to_completion(tmp_path):
+    """Kill `train` at seeded random moments (mid-step, mid-evaluation or mid-checkpoint-write), resume each time."""
+    import random
+    import time
+
+    import torch
+
+    args = [*TINY, "--method", "iterative", "--epochs", "6", "--out", str(tmp_path / "run")]
+    command = [sys.executable, "-m", "pyro_iterative", "train", *args]
+    checkpoint = tmp_path / "run" / "iterative" / "checkpoint.pt"
+    started = tmp_path / "run" / "config.json"
+    chooser = random.Random(0)
+    reached = []
+    for attempt in range(3):
+        process = subprocess.Popen(command + (["--resume"] if started.exists() else []),
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(chooser.uniform(3.5, 8.0))  # start-up takes about 3 s, then an epoch every second or so
+        process.kill()
+        process.wait()
+        reached.append(torch.load(checkpoint, weights_only=False)["epoch"] if checkpoint.exists() else 0)
+    assert any(0 < epoch < 6 for epoch in reached), reached  # some kill really cut training between checkpoints
+    final = subprocess.run(command + (["--resume"] if started.exists() else []), capture_output=True, text=True)
+    assert final.returncode == 0, final.stderr
+    state = torch.load(checkpoint, weights_only=False)
+    assert state["epoch"] == 6 and len(state["history"]) == 6
+    assert not [p for p in checkpoint.parent.iterdir() if p.name.endswith(".tmp")]  # no half-written file was used
