@@ -21,13 +21,6 @@ def make_generic(data_dim: int = 6, latent_dim: int = 3, noise_scale: float = 0.
     return LinearGaussian(weight, bias, noise_scale)
 
 
-@pytest.fixture(autouse=True)
-def clear_param_store():
-    pyro.clear_param_store()
-    yield
-    pyro.clear_param_store()
-
-
 @pytest.fixture
 def orth():
     return LinearGaussian.orthogonal(data_dim=8, latent_dim=3, noise_scale=0.5, seed=1)

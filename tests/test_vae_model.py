@@ -14,14 +14,6 @@ from pyro_iterative.models import VAE
 DATA_DIM, LATENT_DIM, HIDDEN = 20, 3, (8, 6)
 
 
-@pytest.fixture(autouse=True)
-def clear_param_store():
-    pyro.clear_param_store()
-    pyro.set_rng_seed(0)
-    yield
-    pyro.clear_param_store()
-
-
 @pytest.fixture
 def model():
     return VAE(data_dim=DATA_DIM, latent_dim=LATENT_DIM, hidden_sizes=HIDDEN)
