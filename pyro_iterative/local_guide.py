@@ -252,8 +252,7 @@ class LocalGuide(AutoGuide):
         return local_params(self.layout, lam)
 
     def _observed_data(self, model_trace) -> torch.Tensor:
-        """The batch's observed values from a model trace, one flattened row per datapoint (checked first)."""
-        check_observations(model_trace, self.layout)
+        """The batch's observed values from a model trace (already checked), one flattened row per datapoint."""
         dim = self.layout.plate.dim
         rows = [site.flatten(model_trace.nodes[site.name]["value"], dim) for site in self.layout.observed_sites]
         return self._check_data_width(torch.cat(rows, dim=-1))
@@ -302,6 +301,7 @@ class LocalGuide(AutoGuide):
         with torch.no_grad():
             params = self._local_params(self._initial_lambda(len(batch)))
             _, model_trace = self._inner_elbo.trace(args, kwargs, params, batch, global_values)
+        check_observations(model_trace, self.layout)
         return self._observed_data(model_trace).to(like)
 
     def _reads_data_by_running_the_model(self) -> int:
@@ -334,7 +334,7 @@ class LocalGuide(AutoGuide):
         self.plates = plates  # read by the global AutoNormal through its master
         return plates, batch
 
-    def _check_call(self, num_iterations: int | None = None) -> None:
+    def _check_call(self) -> None:
         if torch.jit.is_tracing():
             raise NotImplementedError(
                 f"{type(self).__name__} cannot run under the PyTorch JIT (JitTrace_ELBO): it takes ELBO gradients "
