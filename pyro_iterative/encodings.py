@@ -1,10 +1,10 @@
-"""Encodings of ELBO gradients for the update networks.
+"""Encodings for the update networks: ELBO gradients, and prediction errors read from a model trace.
 
 Gradients of the ELBO span many orders of magnitude, so they are encoded before a network sees them.
 Each encoding works on one datapoint's row at a time (never across the batch), so a datapoint's
-encoding does not depend on its batch-mates or on the batch size. The network inputs themselves are
-assembled in :mod:`pyro_iterative.iterative_guide`; this module only maps a ``(batch, size)`` gradient
-to a ``(batch, factor * size)`` encoding.
+encoding does not depend on its batch-mates or on the batch size. :func:`prediction_errors` is the
+paper's alternative input for hierarchical models, derived from any model's trace. The network inputs
+themselves are assembled in :mod:`pyro_iterative.iterative_guide`.
 """
 
 from __future__ import annotations
@@ -12,11 +12,15 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+from pyro.poutine import Trace
+
+from .sites import SiteLayout
 
 __all__ = [
     "GRADIENT_ENCODINGS",
     "encode_gradient",
     "encoded_size",
+    "prediction_errors",
 ]
 
 
@@ -59,3 +63,39 @@ def encode_gradient(name: str, grad: torch.Tensor) -> torch.Tensor:
         standardisation).
     """
     return _lookup(name)[0](grad)
+
+
+def _rows(value: torch.Tensor, event_dim: int, plate_dim: int, particle_dim: int | None) -> torch.Tensor:
+    batch_dims = value.dim() - event_dim
+    if particle_dim is not None and batch_dims >= -particle_dim:
+        value = value.mean(batch_dims + particle_dim)  # average over the inner particles
+    position = value.dim() - event_dim + plate_dim
+    return value.movedim(position, 0).reshape(value.shape[position], -1)
+
+
+def prediction_errors(model_trace: Trace, layout: SiteLayout, particle_dim: int | None = None) -> torch.Tensor:
+    """Prediction errors per datapoint, ``(batch, size)``, from a model trace replayed against q.
+
+    For every observed site in the data plate, the value minus the mean of its distribution (e.g.
+    ``x - E[x | z]``); for every local latent site, the sample minus the mean of its prior, divided by the
+    prior's standard deviation where it has one (``(z - mu_prior) / sigma_prior``). Rows are averaged over
+    a particle dimension if given. Works for any model: nothing model-specific is read.
+
+    Usage::
+
+        _, model_trace = inner.trace(args, kwargs, params, batch, {})
+        prediction_errors(model_trace, layout)   # linear-Gaussian: [x - (W z + b), z]
+    """
+    rows = []
+    for site in layout.observed_sites:
+        node = model_trace.nodes[site.name]
+        rows.append(_rows(node["value"] - node["fn"].mean, site.event_dim, layout.plate.dim, particle_dim))
+    for site in layout.local_sites:
+        node = model_trace.nodes[site.name]
+        error = node["value"] - node["fn"].mean
+        try:
+            error = error / node["fn"].stddev
+        except NotImplementedError:
+            pass
+        rows.append(_rows(error, site.event_dim, layout.plate.dim, particle_dim))
+    return torch.cat(rows, dim=-1)

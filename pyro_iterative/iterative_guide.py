@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from .encodings import encode_gradient, encoded_size
+from .encodings import encode_gradient, encoded_size, prediction_errors
 from .inner_elbo import Batch
 from .local_guide import LocalGuide, ModelPasses, Refinement
 from .networks import GatedUpdate
@@ -22,7 +22,7 @@ __all__ = [
     "IterativeGuide",
 ]
 
-_ENCODABLE = ("data", "gradient")
+_ENCODABLE = ("data", "errors", "gradient")
 
 
 class IterativeGuide(LocalGuide):
@@ -59,8 +59,10 @@ class IterativeGuide(LocalGuide):
         observations inside it, global latents outside it.
     :param int num_iterations: inference iterations per call (the paper uses 5).
     :param hidden_sizes: widths of the update networks' hidden ELU layers.
-    :param encode: what the update networks see besides lambda: ``"gradient"`` (the ELBO gradient)
-        and/or ``"data"`` (the datapoint's observed values, all observed sites in the plate, flattened).
+    :param encode: what the update networks see besides lambda: any of ``"gradient"`` (the ELBO gradient),
+        ``"data"`` (the datapoint's observed values, all observed sites in the plate, flattened) and
+        ``"errors"`` (the paper's variant for hierarchical models: observations minus their predicted means
+        and latents minus their prior means, scaled; see :func:`~pyro_iterative.encodings.prediction_errors`).
     :param str gradient_encoding: ``"log_sign"`` (log-magnitude and sign, the paper's MNIST choice) or
         ``"layer_norm"`` (standardised per datapoint).
     :param int num_particles: samples per datapoint in the inner ELBO estimate.
@@ -104,6 +106,8 @@ class IterativeGuide(LocalGuide):
                 inputs += encoded_size(self.gradient_encoding, width)
             if "data" in self.encode:
                 inputs += layout.data_size
+            if "errors" in self.encode:
+                inputs += layout.data_size + sum(other.value_size for other in layout.local_sites)
             updates.append(GatedUpdate(inputs, width, self.hidden_sizes))
         # A plain nn.ModuleList: reading the attribute registers its parameters with Pyro (pyro.module).
         self.update_nets = nn.ModuleList(updates)
@@ -145,6 +149,8 @@ class IterativeGuide(LocalGuide):
                 path.append({name: value.detach() for name, value in leaves.items()})
             if data is None and "data" in self.encode:
                 data = self._observed_data(model_trace).to(like.dtype)
+            if "errors" in self.encode:
+                errors = prediction_errors(model_trace, self.layout, self._inner_elbo.particle_dim).detach()
             if training and t > 0:
                 # d/dphi of sum_i <dELBO_i/dlambda_t, lambda_t> is d/dphi of sum_i ELBO_i(lambda_t).
                 term = sum((grad * lam[site.name]).sum(-1) for site, grad in zip(sites, grads))
@@ -157,6 +163,8 @@ class IterativeGuide(LocalGuide):
                     inputs.append(encode_gradient(self.gradient_encoding, grad))
                 if "data" in self.encode:
                     inputs.append(data)
+                if "errors" in self.encode:
+                    inputs.append(errors.to(like.dtype))
                 new_lam[site.name] = net(torch.cat(inputs, dim=-1), previous)
                 if finite is not None:  # datapoints with a non-finite gradient keep their previous estimate
                     new_lam[site.name] = torch.where(finite.unsqueeze(-1), new_lam[site.name], previous)

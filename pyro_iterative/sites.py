@@ -55,6 +55,7 @@ class LocalSite:
     unconstrained_shape: tuple[int, ...]
     plate_position: int
     frames: tuple[CondIndepStackFrame, ...]
+    value_size: int = 0  # values per datapoint in the site's own (constrained) space
 
     @property
     def size(self) -> int:
@@ -220,6 +221,7 @@ def discover_sites(trace: Trace, plate_name: str | None = None) -> SiteLayout:
                 unconstrained_shape=shape,
                 plate_position=position,
                 frames=tuple(f for f in site["cond_indep_stack"] if f.vectorized),
+                value_size=site["value"].numel() // plate.size,
             )
         )
     if not local:
