@@ -32,6 +32,7 @@ from .inner_elbo import Batch, InnerELBO, LocalParams, check_observations, locat
 from .sites import SiteLayout, discover_sites
 
 __all__ = [
+    "CONSTRAINED_LOG_SCALE_RANGE",
     "LOG_SCALE_RANGE",
     "LocalGuide",
     "ModelPasses",
@@ -40,8 +41,10 @@ __all__ = [
     "local_params",
 ]
 
-#: q's unconstrained log-scales are clamped to this range (scales from about 1e-4 to 150).
+#: q's unconstrained log-scales are clamped to this range for real-valued sites (scales from about 1e-4 to 150) ...
 LOG_SCALE_RANGE = (-9.0, 5.0)
+#: ... and to this one for constrained sites, whose transform (e.g. exp) would overflow at larger scales.
+CONSTRAINED_LOG_SCALE_RANGE = (-9.0, 2.0)
 
 
 @dataclass(frozen=True)
@@ -100,11 +103,13 @@ def initial_lambda(
 
 
 def local_params(layout: SiteLayout, lam: dict[str, torch.Tensor]) -> LocalParams:
-    """Split each site's lambda into q's ``(loc, scale)``, clamping log-scales to :data:`LOG_SCALE_RANGE`."""
+    """Split each site's lambda into q's ``(loc, scale)``, clamping log-scales to :data:`LOG_SCALE_RANGE`
+    (real-valued sites) or :data:`CONSTRAINED_LOG_SCALE_RANGE` (the others)."""
     params = {}
     for site in layout.local_sites:
         loc, log_scale = lam[site.name].split(site.size, dim=-1)
-        params[site.name] = (loc, log_scale.clamp(*LOG_SCALE_RANGE).exp())
+        limits = LOG_SCALE_RANGE if site.is_real else CONSTRAINED_LOG_SCALE_RANGE
+        params[site.name] = (loc, log_scale.clamp(*limits).exp())
     return params
 
 

@@ -63,6 +63,11 @@ class LocalSite:
         return math.prod(self.unconstrained_shape)
 
     @property
+    def is_real(self) -> bool:
+        """Whether the support is unconstrained (then q is a plain Normal)."""
+        return _is_real(self.support)
+
+    @property
     def transform(self) -> torch.distributions.Transform:
         """Bijection from unconstrained space to the site's support."""
         return biject_to(self.support)
@@ -82,7 +87,7 @@ class LocalSite:
         :param scale: ``(batch, size)`` unconstrained scales.
         """
         base = dist.Normal(self.unflatten(loc), self.unflatten(scale)).to_event(self.unconstrained_event_dim)
-        if _is_real(self.support):
+        if self.is_real:
             return base  # a plain Normal keeps TraceMeanField_ELBO's analytic KL available
         return dist.TransformedDistribution(base, self.transform.with_cache(1))
 
