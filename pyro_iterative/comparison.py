@@ -24,7 +24,7 @@ from .data import static_binarize
 from .evaluation import amortization_gap, elbo_per_iteration, log_likelihood, over_batches
 from .iterative_guide import IterativeGuide
 from .local_optimization import DEFAULT_LEARNING_RATES, optimize_local
-from .methods import build_guide, build_model, method_label, stored_parameters, test_time_guide
+from .methods import DEFAULT_BINARIZATION, build_guide, build_model, method_label, stored_parameters, test_time_guide
 from .training import setup_guide, train
 
 __all__ = [
@@ -48,7 +48,8 @@ class RunConfig:
     model: str = "vae"
     dataset: str = "mnist5k"
     data_dir: str | None = None
-    binarize: str = "dynamic"
+    binarize: str | None = None  # None: the model's default (DEFAULT_BINARIZATION)
+    encode: tuple[str, ...] = ("gradient", "data")
     epochs: int = 10
     iterations: int = 5
     batch_size: int = 64
@@ -73,16 +74,21 @@ class RunConfig:
         settings.update(overrides)
         return cls(**settings)
 
+    def __post_init__(self) -> None:
+        self.methods, self.encode = tuple(self.methods), tuple(self.encode)
+        if self.binarize is None:
+            self.binarize = DEFAULT_BINARIZATION.get(self.model, "dynamic")
+
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
-        data["methods"] = list(self.methods)
+        data["methods"], data["encode"] = list(self.methods), list(self.encode)
         return data
 
     def training_key(self, method: str) -> dict:
         """The settings a method's checkpoint must agree with to be resumed."""
         keys = ("model", "dataset", "binarize", "epochs", "iterations", "batch_size", "lr", "latent_dim", "hidden",
                 "seed", "train_size")
-        return {"method": method, **{k: getattr(self, k) for k in keys}}
+        return {"method": method, "encode": list(self.encode), **{k: getattr(self, k) for k in keys}}
 
 
 def versions() -> dict:
@@ -120,7 +126,7 @@ def _new_model_and_guide(config: RunConfig, method: str, x_train: torch.Tensor):
     model = build_model(config.model, x_train.shape[-1], latent_dim=config.latent_dim, hidden=config.hidden)
     model = model.to(device=x_train.device)
     guide = build_guide(method, model, x_train, iterations=config.iterations, hidden=config.hidden,
-                        batch_size=config.batch_size)
+                        batch_size=config.batch_size, encode=config.encode)
     return model, guide.to(device=x_train.device)
 
 
@@ -186,7 +192,7 @@ def measure_method(
     start = time.perf_counter()
     evaluator.get_posterior(timed)
     infer_seconds = (time.perf_counter() - start) / len(timed)
-    return {
+    entry = {
         "label": method_label(method, config.iterations, config.local_steps),
         "test_elbo": float(trajectory.mean[-1]),
         "test_elbo_se": float(trajectory.standard_error[-1]),
@@ -206,6 +212,12 @@ def measure_method(
         + (evaluator.nonfinite_gradients if evaluator is not guide else 0),
         "history": history,
     }
+    if config.model == "bow":  # per-word perplexity bounds from the ELBO and from log p(x), as in the literature
+        from .models import perplexity
+
+        entry["perplexity"] = float(perplexity(trajectory.values[-1], x_eval, exclude_coefficient=True))
+        entry["perplexity_ll"] = float(perplexity(ll.values, x_ll, exclude_coefficient=True))
+    return entry
 
 
 @_own_param_store
@@ -231,13 +243,15 @@ def figure_data(
         mean, se = best[2].mean(-1), best[2].std(-1) / len(x) ** 0.5
         curves[name] = {"steps": list(range(len(mean))), "mean": mean.tolist(), "se": se.tolist(), "lr": best[1]}
     figures = {"optimizer_comparison": {"datapoints": len(x), "curves": curves}}
-    if hasattr(model, "reconstruct"):
+    images = config.model in ("vae", "gaussian")  # documents of word counts are not pictures
+    if images and hasattr(model, "reconstruct") and [site.name for site in guide.layout.local_sites] == ["z"]:
         digits = x_eval[:6]
         refinement, _, _ = guide._inspect((digits,), {}, None, record=True)
         lams = [step["z"] for step in refinement.path] + [refinement.lam["z"]]
         with torch.no_grad():
             images = [model.reconstruct(lam[:, : config.latent_dim]).tolist() for lam in lams]
         figures["reconstructions"] = {"data": digits.tolist(), "iterations": images}
+    if config.model == "vae":
         figures["posterior_2d"] = _posterior_2d(config, x_train, x_eval, log)
     return figures
 
@@ -273,16 +287,25 @@ def evaluation_data(config: RunConfig):
     """``(x_train, x_eval)``: the training data (grey levels) and the fixed evaluation set, on ``config.device``."""
     from .data import load_array, load_mnist, load_mnist5k
 
-    if config.dataset == "mnist5k":
+    if config.dataset == "corpus":  # a synthetic bag-of-words corpus (for --model bow)
+        from .models import synthetic_corpus
+
+        data = synthetic_corpus(5000, vocab_size=100, seed=0)
+        x_train, x_test = data[:4000], data[4000:]
+    elif config.dataset == "mnist5k":
         split = load_mnist5k(seed=0)
         x_train, x_test = split.x_train, split.x_test
     elif config.dataset == "mnist":
         split = load_mnist(config.data_dir)
         x_train, x_test = split.x_train, split.x_test
-    else:
-        data = load_array(config.dataset)
-        generator = torch.Generator().manual_seed(0)
-        order = torch.randperm(len(data), generator=generator)
+    else:  # the user's own file: counts for the bag-of-words model, rows of values otherwise; 80/20 seeded split
+        if config.model == "bow":
+            from .models import load_counts
+
+            data = load_counts(config.dataset)
+        else:
+            data = load_array(config.dataset)
+        order = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))
         cut = max(1, len(data) // 5)
         x_train, x_test = data[order[cut:]], data[order[:cut]]
     if config.train_size is not None:

@@ -24,7 +24,7 @@ import pyro.poutine as poutine
 import torch
 from pyro.poutine import Trace
 from pyro.poutine.indep_messenger import CondIndepStackFrame
-from pyro.poutine.runtime import NonlocalExit
+from pyro.poutine.runtime import _DIM_ALLOCATOR, NonlocalExit
 from pyro.poutine.util import site_is_subsample
 
 from .sites import SiteLayout
@@ -96,18 +96,26 @@ class InnerELBO:
         self.model = model
         self.layout = layout
         self.num_particles = num_particles
-        self.particle_dim = -(layout.max_plate_nesting + 1) if num_particles > 1 else None
 
-    def _particles(self) -> ExitStack:
+    @property
+    def particle_dim(self) -> int | None:
+        """Dim of the inner particle plate: left of the model's plates and of any plate active around the call
+        (such as SVI's own vectorized particles; Pyro's dim allocator is global, even under ``poutine.block``)."""
+        if self.num_particles == 1:
+            return None
+        active = len(_DIM_ALLOCATOR._stack)
+        return -(max(self.layout.max_plate_nesting, active) + 1)
+
+    def _particles(self, dim: int | None) -> ExitStack:
         stack = ExitStack()
-        if self.particle_dim is not None:
-            stack.enter_context(pyro.plate("_inner_particles", self.num_particles, dim=self.particle_dim))
+        if dim is not None:
+            stack.enter_context(pyro.plate("_inner_particles", self.num_particles, dim=dim))
         return stack
 
-    def _guide(self, params: LocalParams, batch: Batch, global_values: dict[str, torch.Tensor]) -> None:
+    def _guide(self, params: LocalParams, batch: Batch, global_values: dict[str, torch.Tensor], dim) -> None:
         for name, value in global_values.items():
             pyro.sample(name, dist.Delta(value, event_dim=value.dim()))
-        with self._particles(), batch.plate(self.layout):
+        with self._particles(dim), batch.plate(self.layout):
             for site in self.layout.local_sites:
                 pyro.sample(site.name, site.distribution(*params[site.name]))
 
@@ -120,9 +128,10 @@ class InnerELBO:
         global_values: dict[str, torch.Tensor],
     ) -> tuple[Trace, Trace]:
         """Run the inner guide at ``params`` and the model replayed against it: ``(guide_trace, model_trace)``."""
+        dim = self.particle_dim
         with poutine.block():
-            guide_trace = poutine.trace(self._guide).get_trace(params, batch, global_values)
-            with self._particles():
+            guide_trace = poutine.trace(self._guide).get_trace(params, batch, global_values, dim)
+            with self._particles(dim):
                 model_trace = poutine.trace(poutine.replay(self.model, trace=guide_trace)).get_trace(*args, **kwargs)
         return guide_trace, model_trace
 

@@ -62,7 +62,8 @@ class IterativeGuide(LocalGuide):
     :param encode: what the update networks see besides lambda: any of ``"gradient"`` (the ELBO gradient),
         ``"data"`` (the datapoint's observed values, all observed sites in the plate, flattened) and
         ``"errors"`` (the paper's variant for hierarchical models: observations minus their predicted means
-        and latents minus their prior means, scaled; see :func:`~pyro_iterative.encodings.prediction_errors`).
+        and latents minus their prior means, scaled; see :func:`~pyro_iterative.encodings.prediction_errors`;
+        every observed and local site's distribution must then define ``.mean``).
     :param str gradient_encoding: ``"log_sign"`` (log-magnitude and sign, the paper's MNIST choice) or
         ``"layer_norm"`` (standardised per datapoint).
     :param int num_particles: samples per datapoint in the inner ELBO estimate.

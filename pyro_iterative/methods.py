@@ -21,6 +21,7 @@ from .per_datapoint_guide import PerDatapointGuide
 from .semi_amortized_guide import SemiAmortizedGuide
 
 __all__ = [
+    "DEFAULT_BINARIZATION",
     "METHODS",
     "MODELS",
     "build_guide",
@@ -32,7 +33,9 @@ __all__ = [
 ]
 
 METHODS = ("standard", "iterative", "semi_amortized", "per_datapoint")
-MODELS = ("vae",)
+MODELS = ("vae", "hierarchical", "gaussian", "bow")
+#: the binarization each model's data get unless --binarize says otherwise
+DEFAULT_BINARIZATION = {"vae": "dynamic", "hierarchical": "dynamic", "gaussian": "none", "bow": "none"}
 
 
 def method_label(name: str, iterations: int, local_steps: int) -> str:
@@ -51,16 +54,36 @@ def observe_rows(indices: torch.Tensor, x: torch.Tensor, *args, **kwargs) -> tor
 
 
 def build_model(name: str, data_dim: int, *, latent_dim: int = 64, hidden: int = 512) -> torch.nn.Module:
-    """A bundled model by name (``"vae"``: the paper's single-level MNIST VAE)."""
-    if name == "vae":
-        from .models import VAE
+    """A bundled model by name.
 
-        return VAE(data_dim=data_dim, latent_dim=latent_dim, hidden_sizes=(hidden, hidden))
+    ``"vae"``: the paper's single-level MNIST VAE; ``"hierarchical"``: its two-level VAE (latent sizes
+    ``latent_dim`` and ``latent_dim // 2``, top-down prior); ``"gaussian"``: a VAE with a Gaussian likelihood for
+    continuous data; ``"bow"``: a multinomial bag-of-words model of word counts.
+    """
+    from . import models
+
+    if name == "vae":
+        return models.VAE(data_dim=data_dim, latent_dim=latent_dim, hidden_sizes=(hidden, hidden))
+    if name == "hierarchical":
+        return models.HierarchicalVAE(
+            data_dim=data_dim, latent_dims=(latent_dim, max(1, latent_dim // 2)), hidden_sizes=(hidden, hidden)
+        )
+    if name == "gaussian":
+        return models.GaussianVAE(data_dim=data_dim, latent_dim=latent_dim, hidden_sizes=(hidden, hidden))
+    if name == "bow":
+        return models.BagOfWords(vocab_size=data_dim, latent_dim=latent_dim, hidden_sizes=(hidden,))
     raise ValueError(f"Unknown model '{name}'; choose one of {MODELS}.")
 
 
 def build_guide(
-    method: str, model: Callable, x: torch.Tensor, *, iterations: int = 5, hidden: int = 512, batch_size: int = 64
+    method: str,
+    model: Callable,
+    x: torch.Tensor,
+    *,
+    iterations: int = 5,
+    hidden: int = 512,
+    batch_size: int = 64,
+    encode: tuple[str, ...] = ("gradient", "data"),
 ) -> torch.nn.Module:
     """The training-time guide of ``method`` for ``model(x, subsample_size=batch_size)``, at matched size.
 
@@ -68,7 +91,7 @@ def build_guide(
 
         guide = build_guide("standard", model, x_train, iterations=5, hidden=512)
 
-    The iterative guide has two hidden layers of ``hidden`` units per local site; the standard and
+    The iterative guide (inputs ``encode``) has two hidden layers of ``hidden`` units per local site; the standard and
     semi-amortized encoders get two layers of the width that matches its parameter count within 5%.
     """
     if method not in METHODS:
@@ -76,7 +99,7 @@ def build_guide(
     probe = {"subsample_size": min(batch_size, len(x))}
     if method == "per_datapoint":
         return PerDatapointGuide(model)
-    iterative = IterativeGuide(model, num_iterations=iterations, hidden_sizes=(hidden, hidden))
+    iterative = IterativeGuide(model, num_iterations=iterations, hidden_sizes=(hidden, hidden), encode=encode)
     if method == "iterative":
         return iterative.setup(x, **probe)
     encoder = matched_amortized_guide(model, iterative, x, guide_options={"observe": observe_rows}, **probe)

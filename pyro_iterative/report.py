@@ -142,7 +142,17 @@ def _table_rows(metrics: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]
             _seconds(method.get("train_seconds")),
             _milliseconds(method.get("infer_seconds_per_datapoint")),
         ])
+    methods = list((metrics.get("methods") or {}).values())
+    if any("perplexity" in method for method in methods):  # bag-of-words models: per-word perplexity bounds
+        header += ["Perplexity (ELBO)", "Perplexity (log p(x))"]
+        for row, method in zip(rows, methods):
+            row += [_fixed(method.get("perplexity")), _fixed(method.get("perplexity_ll"))]
     return header, rows
+
+
+def _fixed(value: Any) -> str:
+    number = _number(value)
+    return "n/a" if number is None else f"{number:.1f}"
 
 
 def format_table(metrics: Mapping[str, Any]) -> str:

@@ -123,3 +123,18 @@ def test_training_killed_at_random_points_resumes_to_completion(tmp_path):
     state = torch.load(checkpoint, weights_only=False)
     assert state["epoch"] == 6 and len(state["history"]) == 6
     assert not [p for p in checkpoint.parent.iterdir() if p.name.endswith(".tmp")]  # no half-written file was used
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", [["hierarchical", "--encode", "gradient,errors"], ["gaussian"],
+                                   ["bow", "--dataset", "corpus"]])
+def test_compare_runs_every_bundled_model(tmp_path, model):
+    out = tmp_path / "run"
+    args = ["compare", "--model", *model, *TINY, "--methods", "standard,iterative", "--latent-dim", "6", "--out"]
+    assert main([*args, str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["config"]["model"] == model[0]
+    for entry in metrics["methods"].values():
+        assert entry["test_elbo"] < 0 and len(entry["history"]) == 1
+        assert ("perplexity" in entry) == (model[0] == "bow")
+    assert (out / "report.md").exists()

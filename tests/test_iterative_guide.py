@@ -308,3 +308,12 @@ def test_num_particles_can_change_after_training(linear_gaussian):
     assert spread_many < spread_one / 5  # 100 particles: about 10x less noise at lambda_0
     with pytest.raises(ValueError, match="num_particles"):
         guide.num_particles = 0
+
+
+def test_inner_particles_live_beside_svis_vectorized_particles(linear_gaussian):
+    model, x_train, _ = linear_gaussian
+    guide = small_guide(model, num_particles=2)
+    elbo = Trace_ELBO(num_particles=3, vectorize_particles=True, max_plate_nesting=1)
+    losses = train(model, guide, x_train[:32], steps=3, loss=elbo)
+    assert torch.isfinite(torch.tensor(losses)).all()
+    assert guide.elbo_trajectory(x_train[:8]).shape == (4, 8)

@@ -218,3 +218,12 @@ def test_report_does_not_need_matplotlib(tmp_path):
     del metrics["figures"]
     path = write_report(metrics, tmp_path / "nested", {})
     assert path.name == "report.md" and path.exists()
+
+
+def test_table_shows_perplexity_for_bag_of_words_runs():
+    metrics = {"config": {}, "methods": {"iterative": {"label": "Iterative (K=5)", "test_elbo": -100.0,
+                                                        "test_elbo_se": 1.0, "perplexity": 94.04,
+                                                        "perplexity_ll": 90.0}}}
+    table = format_table(metrics)
+    assert "Perplexity (ELBO)" in table and "94.0" in table and "90.0" in table
+    assert "Perplexity" not in format_table({"config": {}, "methods": {"a": {"test_elbo": -1.0}}})
