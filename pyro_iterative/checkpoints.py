@@ -41,6 +41,8 @@ def _atomic_write(path: Path, write) -> None:
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, path)
+        for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by writers that were killed mid-write
+            stale.unlink(missing_ok=True)
     except BaseException:
         if os.path.exists(temporary):
             os.unlink(temporary)

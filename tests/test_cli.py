@@ -104,25 +104,36 @@ def test_training_killed_at_random_points_resumes_to_completion(tmp_path):
 
     import torch
 
-    args = [*TINY, "--method", "iterative", "--epochs", "6", "--out", str(tmp_path / "run")]
+    epochs = 8
+    args = [*TINY, "--method", "iterative", "--epochs", str(epochs), "--out", str(tmp_path / "run")]
     command = [sys.executable, "-m", "pyro_iterative", "train", *args]
     checkpoint = tmp_path / "run" / "iterative" / "checkpoint.pt"
     started = tmp_path / "run" / "config.json"
+
+    def epoch_reached() -> int:
+        try:
+            return torch.load(checkpoint, weights_only=False)["epoch"] if checkpoint.exists() else 0
+        except Exception:  # replaced while being read: ask again
+            return -1
+
     chooser = random.Random(0)
     reached = []
-    for attempt in range(3):
+    for target in sorted(chooser.sample(range(1, epochs - 2), 3)):
         process = subprocess.Popen(command + (["--resume"] if started.exists() else []),
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(chooser.uniform(3.5, 8.0))  # start-up takes about 3 s, then an epoch every second or so
+        deadline = time.time() + 120
+        while epoch_reached() < target and time.time() < deadline and process.poll() is None:
+            time.sleep(0.02)
+        time.sleep(chooser.uniform(0.0, 0.6))  # then somewhere inside the next epoch (or its checkpoint write)
         process.kill()
         process.wait()
-        reached.append(torch.load(checkpoint, weights_only=False)["epoch"] if checkpoint.exists() else 0)
-    assert any(0 < epoch < 6 for epoch in reached), reached  # some kill really cut training between checkpoints
-    final = subprocess.run(command + (["--resume"] if started.exists() else []), capture_output=True, text=True)
+        reached.append(epoch_reached())
+    assert any(0 < epoch < epochs for epoch in reached), reached  # the kills really cut training short
+    final = subprocess.run(command + ["--resume"], capture_output=True, text=True)
     assert final.returncode == 0, final.stderr
     state = torch.load(checkpoint, weights_only=False)
-    assert state["epoch"] == 6 and len(state["history"]) == 6
-    assert not [p for p in checkpoint.parent.iterdir() if p.name.endswith(".tmp")]  # no half-written file was used
+    assert state["epoch"] == epochs and len(state["history"]) == epochs
+    assert not list(checkpoint.parent.glob(".*.tmp"))  # files left by killed writes were cleaned up
 
 
 @pytest.mark.slow
