@@ -285,3 +285,14 @@ def test_optimize_local_refuses_bad_settings(linear_gaussian):
 
     with pytest.raises(ValueError, match=r"global latent sites \['shift'\]; pass init=guide"):
         optimize_local(with_global, x_train[:4])
+
+
+@pytest.mark.parametrize("loss", [Trace_ELBO, TraceMeanField_ELBO])
+def test_per_datapoint_guide_trains_with_stock_elbos(linear_gaussian, loss):
+    model, x_train, _ = linear_gaussian
+    guide = PerDatapointGuide(model)
+    guide(x_train, subsample_size=50)
+    before = guide.elbo_trajectory(x_train).mean()
+    losses = train(model, guide, x_train, steps=60, lr=0.05, loss=loss(), subsample_size=100)
+    assert torch.isfinite(torch.tensor(losses)).all()
+    assert guide.elbo_trajectory(x_train).mean() > before + 2
