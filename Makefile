@@ -17,6 +17,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
+BENCH_ARGS ?=
 PIP_FLAGS ?= -q
 
 VPY := $(VENV)/bin/python
@@ -30,7 +31,7 @@ export PIP_NO_INPUT := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_ROOT_USER_ACTION := ignore
 
-.PHONY: install test demo lint clean venv
+.PHONY: install test demo lint clean venv bench
 
 install: $(STAMP)
 
@@ -52,6 +53,9 @@ test: install
 
 demo: install
 	$(VENV)/bin/pyro-iterative compare $(DEMO_ARGS)
+
+bench: install
+	$(VPY) benchmarks/run_all.py $(BENCH_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .
