@@ -21,9 +21,10 @@ import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
 from pyro.nn import PyroModule
-from torch import Tensor, nn
+from torch import Tensor
 
 from pyro_iterative.data import load_array
+from pyro_iterative.networks import mlp
 
 __all__ = ["BagOfWords", "load_counts", "perplexity", "synthetic_corpus"]
 
@@ -169,13 +170,7 @@ class BagOfWords(PyroModule):
         self.vocab_size = int(vocab_size)
         self.latent_dim = int(latent_dim)
         self.hidden_sizes = hidden_sizes
-        layers: list[nn.Module] = []
-        width = self.latent_dim
-        for hidden in hidden_sizes:
-            layers += [nn.Linear(width, hidden), nn.ELU()]
-            width = hidden
-        layers.append(nn.Linear(width, self.vocab_size))
-        self.decoder = nn.Sequential(*layers)
+        self.decoder = mlp(self.latent_dim, hidden_sizes, self.vocab_size)
 
     def forward(self, x: Tensor, subsample_size: int | None = None, subsample: Tensor | None = None) -> Tensor:
         """

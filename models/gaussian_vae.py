@@ -16,6 +16,8 @@ import torch
 from pyro.nn import PyroModule
 from torch import Tensor, nn
 
+from pyro_iterative.networks import mlp
+
 __all__ = ["GaussianVAE"]
 
 
@@ -71,13 +73,7 @@ class GaussianVAE(PyroModule):
         self.latent_dim = int(latent_dim)
         self.hidden_sizes = hidden_sizes
         self.min_scale = min_scale
-        layers: list[nn.Module] = []
-        width = self.latent_dim
-        for hidden in hidden_sizes:
-            layers += [nn.Linear(width, hidden), nn.ELU()]
-            width = hidden
-        layers.append(nn.Linear(width, self.data_dim))
-        self.decoder = nn.Sequential(*layers)
+        self.decoder = mlp(self.latent_dim, hidden_sizes, self.data_dim)
         self.log_scale = nn.Parameter(torch.full((self.data_dim,), math.log(init_scale - min_scale)))
 
     @property

@@ -14,7 +14,9 @@ import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 from pyro.nn import PyroModule
-from torch import Tensor, nn
+from torch import Tensor
+
+from pyro_iterative.networks import mlp
 
 __all__ = ["HierarchicalVAE"]
 
@@ -80,8 +82,8 @@ class HierarchicalVAE(PyroModule):
         self.hidden_sizes = hidden_sizes
         self.min_scale = min_scale
         bottom, top = self.latent_dims
-        self.prior_net = _elu_mlp(top, hidden_sizes, 2 * bottom)
-        self.decoder = _elu_mlp(bottom, hidden_sizes, self.data_dim)
+        self.prior_net = mlp(top, hidden_sizes, 2 * bottom)
+        self.decoder = mlp(bottom, hidden_sizes, self.data_dim)
 
     def forward(self, x: Tensor, subsample_size: int | None = None, subsample: Tensor | None = None) -> Tensor:
         """
@@ -143,14 +145,7 @@ class HierarchicalVAE(PyroModule):
         return torch.sigmoid(self.decoder(z1))
 
 
-def _elu_mlp(in_features: int, hidden_sizes: tuple[int, ...], out_features: int) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    width = in_features
-    for hidden in hidden_sizes:
-        layers += [nn.Linear(width, hidden), nn.ELU()]
-        width = hidden
-    layers.append(nn.Linear(width, out_features))
-    return nn.Sequential(*layers)
+
 
 
 def _check_unit_interval(batch: Tensor, idx: Tensor) -> None:

@@ -12,7 +12,9 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
-from torch import Tensor, nn
+from torch import Tensor
+
+from pyro_iterative.networks import mlp
 
 __all__ = ["VAE"]
 
@@ -54,13 +56,7 @@ class VAE(PyroModule):
         self.data_dim = int(data_dim)
         self.latent_dim = int(latent_dim)
         self.hidden_sizes = hidden_sizes
-        layers: list[nn.Module] = []
-        width = self.latent_dim
-        for hidden in hidden_sizes:
-            layers += [nn.Linear(width, hidden), nn.ELU()]
-            width = hidden
-        layers.append(nn.Linear(width, self.data_dim))
-        self.decoder = nn.Sequential(*layers)
+        self.decoder = mlp(self.latent_dim, hidden_sizes, self.data_dim)
 
     def forward(self, x: Tensor, subsample_size: int | None = None, subsample: Tensor | None = None) -> Tensor:
         """

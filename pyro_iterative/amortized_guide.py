@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import torch
-from torch import nn
 
 from .inner_elbo import Batch
 from .local_guide import LocalGuide, ModelPasses, Refinement
@@ -56,7 +55,7 @@ class AmortizedGuide(LocalGuide):
             )
         widths = sum(2 * site.size for site in layout.local_sites)
         # A plain nn.Sequential: reading the attribute registers its parameters with Pyro (pyro.module).
-        self.encoder = nn.Sequential(mlp(layout.data_size, self.hidden_sizes), nn.Linear(self.hidden_sizes[-1], widths))
+        self.encoder = mlp(layout.data_size, self.hidden_sizes, widths)
 
     def _encode(
         self, args: tuple, kwargs: dict, batch: Batch, global_values: dict[str, torch.Tensor]

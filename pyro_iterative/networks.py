@@ -18,21 +18,28 @@ __all__ = [
 ]
 
 
-def mlp(in_features: int, hidden_sizes: Sequence[int]) -> nn.Sequential:
-    """Linear + ELU layers of the given widths (the paper uses two layers of 512 units).
+def mlp(in_features: int, hidden_sizes: Sequence[int], out_features: int | None = None) -> nn.Sequential:
+    """Linear + ELU layers of the given widths, then, with ``out_features``, a final Linear layer.
+
+    The paper's networks use two hidden layers of 512 units. With ``out_features``, ``hidden_sizes`` may be
+    empty (a linear map); the layers are flat, so parameters are named ``0.weight``, ``0.bias``, ...
 
     Usage::
 
-        body = mlp(784, (512, 512))  # maps (batch, 784) to (batch, 512)
+        body = mlp(784, (512, 512))            # maps (batch, 784) to (batch, 512)
+        decoder = mlp(64, (512, 512), 784)     # maps (batch, 64) to (batch, 784) logits
     """
-    if not hidden_sizes:
+    hidden_sizes = tuple(hidden_sizes)
+    if not hidden_sizes and out_features is None:
         raise ValueError("hidden_sizes must name at least one layer width, e.g. (512, 512).")
     layers: list[nn.Module] = []
     for width in hidden_sizes:
         if width < 1:
-            raise ValueError(f"hidden layer widths must be positive, got {tuple(hidden_sizes)}.")
+            raise ValueError(f"hidden layer widths must be positive, got {hidden_sizes}.")
         layers += [nn.Linear(in_features, width), nn.ELU()]
         in_features = width
+    if out_features is not None:
+        layers.append(nn.Linear(in_features, out_features))
     return nn.Sequential(*layers)
 
 
