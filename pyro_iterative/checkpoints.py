@@ -60,7 +60,12 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:
-    """Write ``data`` as indented JSON to ``path`` atomically."""
+    """Write ``data`` as indented JSON to ``path`` atomically.
+
+    Usage::
+
+        write_json(run_dir / "metrics.json", metrics)
+    """
     _atomic_write(Path(path), lambda stream: stream.write((json.dumps(data, indent=2) + "\n").encode()))
 
 

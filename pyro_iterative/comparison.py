@@ -42,7 +42,15 @@ __all__ = [
 
 @dataclass
 class RunConfig:
-    """Every setting of a comparison run; ``quick()`` gives the ``--quick`` budget."""
+    """Every setting of a comparison run; ``quick()`` gives the ``--quick`` budget.
+
+    Usage::
+
+        config = RunConfig(methods=("standard", "iterative"), epochs=20)
+        x_train, x_eval = evaluation_data(config)
+        model, guide, history = train_method(config, "iterative", x_train, x_eval, Path("runs/mine"))
+        metrics = measure_method(config, "iterative", model, guide, history, x_eval)
+    """
 
     methods: tuple[str, ...] = ("standard", "iterative", "semi_amortized", "per_datapoint")
     model: str = "vae"

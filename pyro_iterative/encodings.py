@@ -48,7 +48,12 @@ def _lookup(name: str) -> tuple[Callable[[torch.Tensor], torch.Tensor], int]:
 
 
 def encoded_size(name: str, size: int) -> int:
-    """Width of the encoding of a ``size``-wide gradient."""
+    """Width of the encoding of a ``size``-wide gradient.
+
+    Usage::
+
+        encoded_size("log_sign", 128)   # 256: log-magnitude and sign of each coordinate
+    """
     return _lookup(name)[1] * size
 
 

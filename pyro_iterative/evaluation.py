@@ -73,6 +73,11 @@ class AmortizationGap:
     :ivar guide_elbo: ELBO of the guide's final q.
     :ivar optimized_elbo: ELBO of q*, found by local optimization from q until it stopped improving.
     :ivar trajectory: ``(K + 1, batch)`` ELBOs at every lambda the guide visited (its last row is ``guide_elbo``).
+
+    Usage::
+
+        result = amortization_gap(model, guide, x_test[:200])
+        print(f"{result.gap.mean:.2f} +- {result.gap.standard_error:.2f} nats", result.fraction_closed)
     """
 
     gap: Estimate

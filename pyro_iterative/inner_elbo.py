@@ -172,6 +172,11 @@ class InnerELBO:
 def check_observations(model_trace: Trace, layout: SiteLayout) -> None:
     """Refuse observed values that no ELBO can score: NaN or infinite entries, and raw ``uint8`` images.
 
+    Usage::
+
+        _, model_trace = inner.trace(args, kwargs, params, batch, {})
+        check_observations(model_trace, layout)
+
     :raises ValueError: naming the site, how many values and datapoints are affected, and what to do.
     """
     for site in layout.observed_sites:

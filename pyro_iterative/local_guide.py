@@ -104,7 +104,12 @@ def initial_lambda(
 
 def local_params(layout: SiteLayout, lam: dict[str, torch.Tensor]) -> LocalParams:
     """Split each site's lambda into q's ``(loc, scale)``, clamping log-scales to :data:`LOG_SCALE_RANGE`
-    (real-valued sites) or :data:`CONSTRAINED_LOG_SCALE_RANGE` (the others)."""
+    (real-valued sites) or :data:`CONSTRAINED_LOG_SCALE_RANGE` (the others).
+
+    Usage::
+
+        loc, scale = local_params(guide.layout, {"z": lam})["z"]
+    """
     params = {}
     for site in layout.local_sites:
         loc, log_scale = lam[site.name].split(site.size, dim=-1)
@@ -124,6 +129,23 @@ class LocalGuide(AutoGuide):
     Subclasses implement :meth:`_setup_networks` and :meth:`_refine`; this class does the rest, so
     every subclass works with Pyro's ``SVI`` and stock ELBOs, ``Predictive``, model-side subsampling,
     constrained latents and ``torch.save``.
+
+    Usage (a new inference method in a few lines: q from a linear map of the data)::
+
+        class LinearGuide(LocalGuide):
+            def _setup_networks(self, layout):
+                self.net = torch.nn.Linear(layout.data_size, sum(2 * s.size for s in layout.local_sites))
+
+            def _refine(self, args, kwargs, batch, global_values, *, num_iterations=None, record=False):
+                net = self.net  # read outside any poutine.block, so that SVI sees its parameters
+                out = net(self._read_data(args, kwargs, batch, global_values))
+                sizes = [2 * s.size for s in self.layout.local_sites]
+                return Refinement(lam=dict(zip([s.name for s in self.layout.local_sites], out.split(sizes, -1))))
+
+            def inference_cost(self, num_iterations=None):
+                return ModelPasses(forward=1, backward=0)
+
+        svi = SVI(model, LinearGuide(model), pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
 
     :param callable model: a Pyro model with its datapoints in a ``pyro.plate``.
     :param str plate_name: the data plate; by default the outermost plate holding every observed site.

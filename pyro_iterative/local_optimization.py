@@ -50,6 +50,11 @@ class LocalOptimization:
     :ivar posterior: per local site, the final q in the site's constrained space.
     :ivar cost: model passes per datapoint spent (one forward and backward pass per step).
     :ivar path: with ``record_path=True``, lambda at the start and after every step (else empty).
+
+    Usage::
+
+        result = optimize_local(model, x_test, num_steps=200)
+        result.trajectory.mean(1)[-1], result.posterior["z"].mean
     """
 
     trajectory: torch.Tensor

@@ -59,6 +59,10 @@ def build_model(name: str, data_dim: int, *, latent_dim: int = 64, hidden: int =
     ``"vae"``: the paper's single-level MNIST VAE; ``"hierarchical"``: its two-level VAE (latent sizes
     ``latent_dim`` and ``latent_dim // 2``, top-down prior); ``"gaussian"``: a VAE with a Gaussian likelihood for
     continuous data; ``"bow"``: a multinomial bag-of-words model of word counts.
+
+    Usage::
+
+        model = build_model("hierarchical", 784, latent_dim=64, hidden=512)
     """
     from . import models
 
@@ -114,7 +118,13 @@ def build_guide(
 
 
 def test_time_guide(method: str, model: Callable, guide: torch.nn.Module, *, local_steps: int = 100) -> LocalGuide:
-    """The guide that infers q for new data: the trained guide itself, or local optimization for per-datapoint."""
+    """The guide that infers q for new data: the trained guide itself, or local optimization for per-datapoint.
+
+    Usage::
+
+        evaluator = test_time_guide("per_datapoint", model, trained_guide, local_steps=100)
+        evaluator.elbo_trajectory(x_test)
+    """
     if method == "per_datapoint":
         return OptimizingGuide(model, optimizer="adam", lr=1e-2, num_steps=local_steps)
     return guide

@@ -38,7 +38,12 @@ class TrainingError(RuntimeError):
 
 
 def setup_guide(guide, x: torch.Tensor, batch_size: int):
-    """Build a guide's parameters for the model called as ``model(x, subsample_size=batch_size)``."""
+    """Build a guide's parameters for the model called as ``model(x, subsample_size=batch_size)``.
+
+    Usage::
+
+        setup_guide(guide, x_train, 64).load_state_dict(state["guide"])
+    """
     if hasattr(guide, "setup"):
         return guide.setup(x, subsample_size=batch_size)
     guide._setup_prototype(x, subsample_size=batch_size)
