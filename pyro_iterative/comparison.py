@@ -110,10 +110,6 @@ def machine() -> str:
     return f"{platform.machine()}, {torch.get_num_threads()} torch threads, {platform.platform()}"
 
 
-def _seeded(seed: int) -> None:
-    pyro.set_rng_seed(seed)
-
-
 def _own_param_store(function: Callable) -> Callable:
     """Run ``function`` with a fresh Pyro param store.
 
@@ -130,7 +126,7 @@ def _own_param_store(function: Callable) -> Callable:
 
 
 def _new_model_and_guide(config: RunConfig, method: str, x_train: torch.Tensor):
-    _seeded(config.seed)  # every method starts from the same decoder initialisation
+    pyro.set_rng_seed(config.seed)  # every method starts from the same decoder initialisation
     model = build_model(config.model, x_train.shape[-1], latent_dim=config.latent_dim, hidden=config.hidden)
     model = model.to(device=x_train.device)
     guide = build_guide(method, model, x_train, iterations=config.iterations, hidden=config.hidden,
@@ -187,14 +183,14 @@ def measure_method(
 ) -> dict:
     """One ``methods.<name>`` entry of metrics.json (see ``docs/metrics-schema.md``)."""
     evaluator = test_time_guide(method, model, guide, local_steps=config.local_steps)
-    _seeded(config.seed + 2)
+    pyro.set_rng_seed(config.seed + 2)
     trajectory = over_batches(lambda chunk: elbo_per_iteration(evaluator, chunk), x_eval, 500)
-    _seeded(config.seed + 3)
+    pyro.set_rng_seed(config.seed + 3)
     x_ll = x_eval[: config.ll_datapoints]
     ll = over_batches(
         lambda chunk: log_likelihood(model, evaluator, chunk, num_samples=config.is_samples, chunk_size=100), x_ll, 50
     )
-    _seeded(config.seed + 4)
+    pyro.set_rng_seed(config.seed + 4)
     gap = amortization_gap(model, evaluator, x_eval[: config.gap_datapoints], lr=1e-2, max_steps=1000, patience=100)
     timed = x_eval[:500]
     start = time.perf_counter()
@@ -235,7 +231,7 @@ def figure_data(
 ) -> dict:
     """Data of the optimizer comparison, reconstructions and 2-D posterior figures (``figures`` in metrics.json)."""
     x = x_eval[: config.gap_datapoints]
-    _seeded(config.seed + 5)
+    pyro.set_rng_seed(config.seed + 5)
     iterative = elbo_per_iteration(guide, x)
     curves = {"iterative": {"steps": list(range(len(iterative.mean))), "mean": iterative.mean.tolist(),
                             "se": iterative.standard_error.tolist()}}
@@ -243,7 +239,7 @@ def figure_data(
         best = None
         for factor in (0.1, 1.0, 10.0):  # a small grid around the default learning rate; the best final ELBO wins
             lr = DEFAULT_LEARNING_RATES[name] * factor
-            _seeded(config.seed + 6)
+            pyro.set_rng_seed(config.seed + 6)
             result = optimize_local(model, x, optimizer=name, lr=lr, num_steps=config.comparison_steps)
             final = result.trajectory[-1].mean()
             if torch.isfinite(final) and (best is None or final > best[0]):
@@ -267,13 +263,13 @@ def figure_data(
 @_own_param_store
 def _posterior_2d(config: RunConfig, x_train: torch.Tensor, x_eval: torch.Tensor, log) -> dict:
     """Train a 2-D latent VAE briefly and trace, for one test digit, the iterative and gradient-ascent paths."""
-    _seeded(config.seed)
+    pyro.set_rng_seed(config.seed)
     model = build_model(config.model, x_train.shape[-1], latent_dim=2, hidden=256).to(x_train.device)
     guide = IterativeGuide(model, num_iterations=config.iterations, hidden_sizes=(256, 256))
     train(model, guide, x_train, epochs=config.epochs_2d, batch_size=config.batch_size, lr=config.lr,
           binarize_mode=config.binarize, quiet=True, log=log)
     digit = x_eval[:1]
-    _seeded(config.seed + 7)
+    pyro.set_rng_seed(config.seed + 7)
     refinement, _, _ = guide._inspect((digit,), {}, None, record=True)
     iterative = [step["z"][0, :2].tolist() for step in refinement.path] + [refinement.lam["z"][0, :2].tolist()]
     ascent = optimize_local(model, digit, optimizer="sgd", lr=1e-3, num_steps=100, num_particles=10, record_path=True)

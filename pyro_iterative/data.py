@@ -625,8 +625,6 @@ def _is_integer(tensor: Tensor) -> bool:
     return tensor.dtype in _INTEGER_DTYPES
 
 
-# ---------------------------------------------------------------- binarization choice
-
 # ---------------------------------------------------------------- synthetic data
 
 

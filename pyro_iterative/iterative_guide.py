@@ -152,6 +152,7 @@ class IterativeGuide(LocalGuide):
                 data = self._observed_data(model_trace).to(like.dtype)
             if "errors" in self.encode:
                 errors = prediction_errors(model_trace, self.layout, self._inner_elbo.particle_dim).detach()
+                errors = errors.to(like.dtype)
             if training and t > 0:
                 # d/dphi of sum_i <dELBO_i/dlambda_t, lambda_t> is d/dphi of sum_i ELBO_i(lambda_t).
                 term = sum((grad * lam[site.name]).sum(-1) for site, grad in zip(sites, grads))
@@ -165,7 +166,7 @@ class IterativeGuide(LocalGuide):
                 if "data" in self.encode:
                     inputs.append(data)
                 if "errors" in self.encode:
-                    inputs.append(errors.to(like.dtype))
+                    inputs.append(errors)
                 new_lam[site.name] = net(torch.cat(inputs, dim=-1), previous)
                 if finite is not None:  # datapoints with a non-finite gradient keep their previous estimate
                     new_lam[site.name] = torch.where(finite.unsqueeze(-1), new_lam[site.name], previous)

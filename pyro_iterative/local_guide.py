@@ -179,8 +179,6 @@ class LocalGuide(AutoGuide):
         create_plates: Callable | None = None,
         observe: Callable | None = None,
     ) -> None:
-        if not isinstance(num_particles, int) or num_particles < 1:
-            raise ValueError(f"num_particles must be a positive integer, got {num_particles!r}.")
         if not init_scale > 0 or not global_init_scale > 0:
             raise ValueError(
                 f"init_scale and global_init_scale must be positive, got {init_scale} and {global_init_scale}."
@@ -188,12 +186,12 @@ class LocalGuide(AutoGuide):
         super().__init__(model, create_plates=create_plates)
         self.plate_name = plate_name
         self.observe = observe
-        self._num_particles = num_particles
         self.init_loc = float(init_loc)
         self.init_scale = float(init_scale)
         self.global_init_scale = float(global_init_scale)
         self.global_init_loc_fn = global_init_loc_fn
         self.layout: SiteLayout | None = None
+        self.num_particles = num_particles  # validated by the setter
         #: datapoint-iterations whose ELBO or its gradient was not finite (they kept their previous lambda)
         self.nonfinite_gradients = 0
 

@@ -55,7 +55,7 @@ class LocalSite:
     unconstrained_shape: tuple[int, ...]
     plate_position: int
     frames: tuple[CondIndepStackFrame, ...]
-    value_size: int = 0  # values per datapoint in the site's own (constrained) space
+    value_size: int  # values per datapoint in the site's own (constrained) space
 
     @property
     def size(self) -> int:
