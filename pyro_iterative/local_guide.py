@@ -162,6 +162,10 @@ class LocalGuide(AutoGuide):
         of the datapoints ``indices`` as a ``(batch, data_size)`` tensor, in the order of the observed
         sites. Guides that read the data before any ELBO evaluation (encoders) otherwise run the model
         forward once to read it; e.g. ``observe=lambda idx, x, **kw: x[idx]`` for the bundled models.
+    :param bool fast_path: evaluate the internal ELBO on the fast path (default), which scores the model
+        as it runs instead of building Pyro traces; ``False`` takes the general path through
+        ``poutine.trace``/``poutine.replay``. Both give the same values from the same random draws
+        (see :mod:`pyro_iterative.inner_elbo`); the general path is there to check the fast one.
     """
 
     _prototype_hide_fn = staticmethod(_keep_observed)
@@ -178,6 +182,7 @@ class LocalGuide(AutoGuide):
         global_init_loc_fn: Callable = init_to_feasible,
         create_plates: Callable | None = None,
         observe: Callable | None = None,
+        fast_path: bool = True,
     ) -> None:
         if not init_scale > 0 or not global_init_scale > 0:
             raise ValueError(
@@ -191,6 +196,7 @@ class LocalGuide(AutoGuide):
         self.global_init_scale = float(global_init_scale)
         self.global_init_loc_fn = global_init_loc_fn
         self.layout: SiteLayout | None = None
+        self.fast_path = bool(fast_path)
         self.num_particles = num_particles  # validated by the setter
         #: datapoint-iterations whose ELBO or its gradient was not finite (they kept their previous lambda)
         self.nonfinite_gradients = 0
@@ -206,7 +212,7 @@ class LocalGuide(AutoGuide):
             raise ValueError(f"num_particles must be a positive integer, got {value!r}.")
         self._num_particles = value
         if self.layout is not None:
-            self._inner_elbo = InnerELBO(self.model, self.layout, value)
+            self._inner_elbo = InnerELBO(self.model, self.layout, value, fast=self.fast_path)
 
     # ------------------------------------------------------------------ set-up
 
@@ -216,7 +222,7 @@ class LocalGuide(AutoGuide):
         for name, site in list(self.prototype_trace.nodes.items()):
             if site["type"] == "sample" and site["is_observed"]:
                 self.prototype_trace.remove_node(name)  # keep no copy of the data in the guide
-        self._inner_elbo = InnerELBO(self.model, self.layout, self._num_particles)
+        self._inner_elbo = InnerELBO(self.model, self.layout, self._num_particles, fast=self.fast_path)
         self.global_guide = None
         if self.layout.global_names:
             global_model = poutine.block(self.model, expose=list(self.layout.global_names))

@@ -1,4 +1,4 @@
-"""InnerELBO against the closed-form ELBO of the linear-Gaussian model, with and without subsampling."""
+"""InnerELBO against the closed-form ELBO of the linear-Gaussian model, with and without subsampling, on both paths."""
 
 import pyro.poutine as poutine
 import pytest
@@ -27,28 +27,31 @@ def assert_within_standard_errors(estimates, exact, num=5.0):
     assert ((mean - exact).abs() < num * standard_error + 1e-9).all(), (mean - exact) / standard_error
 
 
-def test_matches_the_closed_form_elbo_per_datapoint(setting):
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "general"])
+def test_matches_the_closed_form_elbo_per_datapoint(setting, fast):
     model, x, layout, loc, scale = setting
-    inner = InnerELBO(model, layout, num_particles=2000)
+    inner = InnerELBO(model, layout, num_particles=2000, fast=fast)
     batch = Batch(torch.arange(40), 40)
     estimates = torch.stack([inner((x,), {}, {"z": (loc, scale)}, batch, {})[0] for _ in range(20)])
     assert estimates.shape == (20, 40)
     assert_within_standard_errors(estimates, model.elbo(x, loc, scale))
 
 
-def test_subsampling_scale_is_divided_out(setting):
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "general"])
+def test_subsampling_scale_is_divided_out(setting, fast):
     model, x, layout, loc, scale = setting
-    inner = InnerELBO(model, layout, num_particles=2000)
+    inner = InnerELBO(model, layout, num_particles=2000, fast=fast)
     indices = torch.tensor([3, 17, 29])
     params = {"z": (loc[indices], scale[indices])}
     runs = [inner((x,), {"subsample_size": 3}, params, Batch(indices, 40), {}) for _ in range(20)]
-    assert all(torch.equal(trace.nodes["data"]["value"], indices) for _, trace in runs)  # the given datapoints
+    assert all(torch.equal(trace.nodes["x"]["value"], x[indices]) for _, trace in runs)  # the given datapoints
     assert_within_standard_errors(torch.stack([elbo for elbo, _ in runs]), model.elbo(x[indices], *params["z"]))
 
 
-def test_gradient_of_the_sum_is_each_datapoints_own_gradient(setting):
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "general"])
+def test_gradient_of_the_sum_is_each_datapoints_own_gradient(setting, fast):
     model, x, layout, loc, scale = setting
-    inner = InnerELBO(model, layout, num_particles=2000)
+    inner = InnerELBO(model, layout, num_particles=2000, fast=fast)
     loc = loc.clone().requires_grad_()
 
     def gradient():
