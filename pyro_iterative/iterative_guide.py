@@ -11,6 +11,7 @@ from typing import Callable, Sequence
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .encodings import encode_gradient, encoded_size, prediction_errors
 from .inner_elbo import Batch
@@ -67,8 +68,12 @@ class IterativeGuide(LocalGuide):
     :param str gradient_encoding: ``"log_sign"`` (log-magnitude and sign, the paper's MNIST choice) or
         ``"layer_norm"`` (standardised per datapoint).
     :param int num_particles: samples per datapoint in the inner ELBO estimate.
+    :param bool low_memory: keep only each update's inputs (lambda and the raw gradient) for the backward
+        pass and recompute the update networks' activations there (``torch.utils.checkpoint``): training
+        memory then hardly grows with ``num_iterations``, at the price of one more forward pass of the
+        update networks per iteration. Results are the same either way.
     :param kwargs: ``plate_name``, ``init_loc``, ``init_scale``, ``global_init_scale``, ``create_plates``,
-        see :class:`~pyro_iterative.local_guide.LocalGuide`.
+        ``observe``, ``fast_path``, see :class:`~pyro_iterative.local_guide.LocalGuide`.
     """
 
     def __init__(
@@ -80,6 +85,7 @@ class IterativeGuide(LocalGuide):
         encode: Sequence[str] = ("gradient", "data"),
         gradient_encoding: str = "log_sign",
         num_particles: int = 1,
+        low_memory: bool = False,
         **kwargs,
     ) -> None:
         self._check_iterations(num_iterations)
@@ -92,6 +98,7 @@ class IterativeGuide(LocalGuide):
         self.hidden_sizes = tuple(hidden_sizes)
         self.encode = encode
         self.gradient_encoding = gradient_encoding
+        self.low_memory = bool(low_memory)
 
     @staticmethod
     def _check_iterations(num_iterations: int) -> None:
@@ -136,7 +143,8 @@ class IterativeGuide(LocalGuide):
         like = self._parameter_like()
         lam = self._initial_lambda(len(batch))
         training = torch.is_grad_enabled()
-        data, elbos, path, network_loss = None, [], [], None
+        recompute = training and self.low_memory
+        data, errors, elbos, path, network_loss = None, None, [], [], None
         for t in range(num_iterations):
             leaves = {name: value.detach().requires_grad_() for name, value in lam.items()}
             with torch.enable_grad():
@@ -160,14 +168,8 @@ class IterativeGuide(LocalGuide):
             new_lam = {}
             for site, net, grad in zip(sites, nets, grads):
                 previous = leaves[site.name].detach()
-                inputs = [previous]
-                if "gradient" in self.encode:
-                    inputs.append(encode_gradient(self.gradient_encoding, grad))
-                if "data" in self.encode:
-                    inputs.append(data)
-                if "errors" in self.encode:
-                    inputs.append(errors)
-                new_lam[site.name] = net(torch.cat(inputs, dim=-1), previous)
+                update = (self._update, net, previous, grad, data, errors)
+                new_lam[site.name] = checkpoint(*update, use_reentrant=False) if recompute else update[0](*update[1:])
                 if finite is not None:  # datapoints with a non-finite gradient keep their previous estimate
                     new_lam[site.name] = torch.where(finite.unsqueeze(-1), new_lam[site.name], previous)
             lam = new_lam
@@ -178,3 +180,14 @@ class IterativeGuide(LocalGuide):
             if network_loss is not None:
                 network_loss = network_loss / num_iterations
         return Refinement(lam=lam, elbos=elbos, path=path, network_loss=network_loss)
+
+    def _update(self, net: GatedUpdate, previous: torch.Tensor, grad: torch.Tensor, data, errors) -> torch.Tensor:
+        """One site's update from its current lambda and the encoded inputs."""
+        inputs = [previous]
+        if "gradient" in self.encode:
+            inputs.append(encode_gradient(self.gradient_encoding, grad))
+        if "data" in self.encode:
+            inputs.append(data)
+        if "errors" in self.encode:
+            inputs.append(errors)
+        return net(torch.cat(inputs, dim=-1), previous)
