@@ -26,13 +26,26 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def parser(description: str) -> argparse.ArgumentParser:
-    """The options every benchmark takes: ``--quick``, ``--threads``, ``--seed``, ``--out``."""
+    """The options every benchmark takes: ``--quick``, ``--threads``, ``--seed``, ``--out``, ``--device``."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--quick", action="store_true", help="a small budget (about 20 s) to check that it runs")
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1: one core per process)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/<name>.json)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to run (default cpu)")
     return p
+
+
+def check_device(device: str) -> None:
+    """Refuse ``--device cuda`` on a machine without CUDA, with a message that says so."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: this machine has no CUDA device (torch.cuda.is_available() is False).")
+
+
+def synchronize(device: str) -> None:
+    """Wait for queued GPU work, so that a clock read after a call includes it."""
+    if device == "cuda":
+        torch.cuda.synchronize()
 
 
 def setup(threads: int, seed: int) -> None:
@@ -67,10 +80,13 @@ def machine_line(info: dict) -> str:
     )
 
 
-def alternate(calls: dict[str, Callable[[], object]], warmup: int, reps: int) -> dict[str, list[float]]:
+def alternate(
+    calls: dict[str, Callable[[], object]], warmup: int, reps: int, device: str = "cpu"
+) -> dict[str, list[float]]:
     """Time every callable ``reps`` times, round-robin, after ``warmup`` untimed rounds.
 
-    The order of the contenders is reversed on every other round (A B C, C B A, ...).
+    The order of the contenders is reversed on every other round (A B C, C B A, ...). On CUDA the device is
+    synchronized before each clock read.
     :return: seconds per call, a list per name.
     """
     names = list(calls)
@@ -80,8 +96,10 @@ def alternate(calls: dict[str, Callable[[], object]], warmup: int, reps: int) ->
     times: dict[str, list[float]] = {name: [] for name in names}
     for rep in range(reps):
         for name in names if rep % 2 == 0 else reversed(names):
+            synchronize(device)
             start = time.perf_counter()
             calls[name]()
+            synchronize(device)
             times[name].append(time.perf_counter() - start)
     return times
 

@@ -24,7 +24,18 @@ import warnings
 import pyro
 import pyro.optim
 import torch
-from _common import alternate, machine, machine_line, parser, seed_everything, setup, summary, table, write_json
+from _common import (
+    alternate,
+    check_device,
+    machine,
+    machine_line,
+    parser,
+    seed_everything,
+    setup,
+    summary,
+    table,
+    write_json,
+)
 from pyro.infer import SVI, Trace_ELBO
 
 from pyro_iterative import AmortizedGuide, IterativeGuide, optimize_local
@@ -40,13 +51,13 @@ def observe(idx, x, **kwargs):
     return x[idx]
 
 
-def train(model, guide, amortized, x_train, epochs: int) -> dict:
+def train(model, guide, amortized, x_train, epochs: int, device: str) -> dict:
     start = time.perf_counter()
     svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
     for _ in range(epochs):
-        x = binarize(x_train)
+        x = binarize(x_train).to(device)
         for i in torch.randperm(len(x)).split(TRAIN_BATCH):
-            svi.step(x[i])
+            svi.step(x[i.to(device)])
     iterative_s = time.perf_counter() - start
     start = time.perf_counter()
     model.requires_grad_(False)  # the encoder trains against the frozen model
@@ -54,9 +65,9 @@ def train(model, guide, amortized, x_train, epochs: int) -> dict:
     loss_fn = Trace_ELBO()(model, amortized)
     opt = torch.optim.Adam(amortized.parameters(), lr=1e-3)
     for _ in range(epochs):
-        x = binarize(x_train)
+        x = binarize(x_train).to(device)
         for i in torch.randperm(len(x)).split(TRAIN_BATCH):
-            loss = loss_fn(x[i])
+            loss = loss_fn(x[i.to(device)])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -70,23 +81,24 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=None, help="untimed rounds (default 2, quick 1)")
     p.add_argument("--reps", type=int, default=None, help="timed rounds (default 30, quick 5)")
     args = p.parse_args()
+    check_device(args.device)
     setup(args.threads, args.seed)
     epochs = args.epochs if args.epochs is not None else (0 if args.quick else 1)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
     reps = args.reps if args.reps is not None else (5 if args.quick else 30)
-    info = machine()
-    print(machine_line(info))
+    info = dict(machine(), device=args.device)
+    print(machine_line(info) + f", device {args.device}")
 
     split = load_mnist5k()
     seed_everything(args.seed)
-    x_test = torch.bernoulli(split.x_test[:BATCH])
+    x_test = torch.bernoulli(split.x_test[:BATCH]).to(args.device)
     pyro.clear_param_store()
-    model = VAE(data_dim=784, latent_dim=64)
+    model = VAE(data_dim=784, latent_dim=64).to(args.device)
     guide = IterativeGuide(model, num_iterations=5)
     amortized = AmortizedGuide(model, hidden_sizes=(512, 512), observe=observe)
     guide.setup(x_test[:TRAIN_BATCH])
     amortized.setup(x_test[:TRAIN_BATCH])
-    training = train(model, guide, amortized, split.x_train, epochs)
+    training = train(model, guide, amortized, split.x_train, epochs, args.device)
     print(f"trained {epochs} epoch(s) on {len(split.x_train)} digits: iterative+model "
           f"{training['iterative_and_model_s']:.1f} s, encoder {training['encoder_s']:.1f} s; "
           f"timing batch {BATCH}, {warmup} warm-up + {reps} timed rounds\n")
@@ -114,7 +126,7 @@ def main() -> None:
     adam = optimize_local(model, x_test, optimizer="adam", num_steps=ADAM_STEPS)
     elbos[f"optimize_local adam x{ADAM_STEPS}"] = adam.trajectory[-1].mean().item()
 
-    times = alternate(calls, warmup, reps)
+    times = alternate(calls, warmup, reps, args.device)
     base = summary(times["amortized encoder"])["median_s"]
     results, rows = {}, []
     for name in calls:
@@ -126,7 +138,7 @@ def main() -> None:
                      f"{s['q3_s'] * 1e3:.1f}]", f"{s['median_s'] / base:.1f}x", passes[name], f"{elbos[name]:.2f}"])
     print(table(["method", "ms / datapoint", f"ms / batch of {BATCH} [q1, q3]", "vs encoder", "decoder passes / dp",
                  "mean ELBO (nats)"], rows))
-    path = write_json("inference_cost", {
+    path = write_json("inference_cost" if args.device == "cpu" else f"inference_cost-{args.device}", {
         "benchmark": "inference_cost", "machine": info, "quick": args.quick, "seed": args.seed, "epochs": epochs,
         "batch": BATCH, "warmup": warmup, "reps": reps, "training": training, "results": results,
     }, args.out)

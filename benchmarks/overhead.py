@@ -30,7 +30,18 @@ import pstats
 import pyro
 import pyro.optim
 import torch
-from _common import alternate, machine, machine_line, paired_ratio, parser, setup, summary, table, write_json
+from _common import (
+    alternate,
+    check_device,
+    machine,
+    machine_line,
+    paired_ratio,
+    parser,
+    setup,
+    summary,
+    table,
+    write_json,
+)
 from pyro.infer import SVI, Trace_ELBO
 from torch import nn
 
@@ -102,13 +113,13 @@ class PlainIterative:
         return torch.stack(elbos + [self.elbo(lam, x)])
 
 
-def build(cfg: dict, seed: int):
+def build(cfg: dict, seed: int, device: str = "cpu", **guide_options):
     """Model, guide and SVI for a configuration, plus a plain copy sharing the initial weights, and a batch."""
     pyro.clear_param_store()
     torch.manual_seed(seed)
-    model = VAE(data_dim=cfg["data_dim"], latent_dim=cfg["latent_dim"], hidden_sizes=cfg["decoder"])
-    guide = IterativeGuide(model, num_iterations=cfg["K"], hidden_sizes=cfg["update"])
-    x = torch.bernoulli(torch.full((cfg["batch"], cfg["data_dim"]), 0.3))
+    model = VAE(data_dim=cfg["data_dim"], latent_dim=cfg["latent_dim"], hidden_sizes=cfg["decoder"]).to(device)
+    guide = IterativeGuide(model, num_iterations=cfg["K"], hidden_sizes=cfg["update"], **guide_options)
+    x = torch.bernoulli(torch.full((cfg["batch"], cfg["data_dim"]), 0.3)).to(device)
     guide.setup(x)
     decoder, update = copy.deepcopy(model.decoder), copy.deepcopy(guide.update_nets[0])
     plain = PlainIterative(decoder, update, cfg["latent_dim"], cfg["K"])
@@ -140,18 +151,19 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=None, help="timed steps of each (default 100, quick 20)")
     p.add_argument("--profile", action="store_true", help="also print a cProfile of 20 guide steps per config")
     args = p.parse_args()
+    check_device(args.device)
     setup(args.threads, args.seed)
     warmup = args.warmup if args.warmup is not None else (2 if args.quick else 5)
     reps = args.reps if args.reps is not None else (20 if args.quick else 100)
-    info = machine()
-    print(machine_line(info))
+    info = dict(machine(), device=args.device)
+    print(machine_line(info) + f", device {args.device}")
     print(f"one training step, alternating A/B, {warmup} warm-up + {reps} timed steps each, medians\n")
 
     results, rows = {}, []
     for name, cfg in CONFIGS.items():
-        model, guide, svi, plain, x = build(cfg, args.seed)
+        model, guide, svi, plain, x = build(cfg, args.seed, args.device)
         g_traj, p_traj = sanity(guide, plain, x, samples=3 if args.quick else 10)
-        times = alternate({"pyro": lambda: svi.step(x), "plain": lambda: plain.step(x)}, warmup, reps)
+        times = alternate({"pyro": lambda: svi.step(x), "plain": lambda: plain.step(x)}, warmup, reps, args.device)
         a, b = summary(times["pyro"]), summary(times["plain"])
         ratio = a["median_s"] / b["median_s"]
         pair = paired_ratio(times["pyro"], times["plain"])
@@ -185,7 +197,7 @@ def main() -> None:
         s = res["sanity_elbo_per_iteration"]
         print(f"  {name:5s} guide: " + " ".join(f"{v:9.2f}" for v in s["guide"]))
         print(f"  {name:5s} plain: " + " ".join(f"{v:9.2f}" for v in s["plain"]))
-    path = write_json("overhead", {
+    path = write_json("overhead" if args.device == "cpu" else f"overhead-{args.device}", {
         "benchmark": "overhead", "machine": info, "warmup": warmup, "reps": reps, "quick": args.quick,
         "seed": args.seed, "results": results,
     }, args.out)
