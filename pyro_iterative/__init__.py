@@ -3,7 +3,8 @@
 Guides (all Pyro guides, usable with SVI and Predictive): :class:`IterativeGuide` (learned iterative
 refinement), :class:`AmortizedGuide` (the standard encoder), :class:`SemiAmortizedGuide` (encoder plus
 gradient steps), :class:`PerDatapointGuide` (variational EM). :func:`optimize_local` optimizes q for a
-batch with a torch optimizer.
+batch with a torch optimizer. Data-parallel training with PyTorch Lightning (several processes, GPUs or
+machines) lives in :mod:`pyro_iterative.lightning`, which needs the ``distributed`` extra and is not imported here.
 
 Usage::
 

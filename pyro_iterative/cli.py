@@ -3,13 +3,18 @@
 ``compare`` trains every method under one budget, measures them, and writes ``metrics.json``,
 figures and ``report.md`` into the run directory; ``train`` and ``evaluate`` are its two halves;
 ``plot`` redraws figures and report from a saved ``metrics.json``. This module only parses options and
-sequences the steps; the steps live in :mod:`pyro_iterative.comparison`.
+sequences the steps; the steps live in :mod:`pyro_iterative.comparison`. With any of ``--strategy``,
+``--devices``, ``--accelerator`` or ``--num-nodes``, ``train`` runs data-parallel through
+:mod:`pyro_iterative.lightning` (imported only then).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib.util
 import json
+import os
 import shlex
 import sys
 import time
@@ -139,6 +144,85 @@ def _run_dir(args: argparse.Namespace, config, resume: bool) -> Path:
     return run_dir
 
 
+def _lightning_options(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: Sequence[str] | None):
+    """The Lightning settings of ``train``, or ``None`` when none of its four options is given (the plain loop)."""
+    given = [args.strategy, args.devices, args.accelerator, args.num_nodes]
+    if all(value is None for value in given):
+        return None
+    if importlib.util.find_spec("lightning") is None:
+        parser.error('--strategy, --devices, --accelerator and --num-nodes train with PyTorch Lightning, which is not '
+                     'installed; install it with: pip install "pyro-iterative[distributed]"')
+    devices, num_nodes = args.devices or 1, args.num_nodes or 1
+    world = devices * num_nodes
+    strategy = args.strategy or ("ddp" if world > 1 else "auto")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    accelerator = args.accelerator or ("gpu" if device.startswith("cuda") else "cpu")
+    if args.device is not None and args.accelerator not in (None, "auto") and \
+            (args.device.startswith("cuda")) != (args.accelerator == "gpu"):
+        parser.error(f"--device {args.device} and --accelerator {args.accelerator} disagree; with Lightning the "
+                     "accelerator chooses the devices: drop --device")
+    if accelerator == "gpu" and not torch.cuda.is_available():
+        parser.error("--accelerator gpu, but no CUDA GPU is visible to torch; use --accelerator cpu (several CPU "
+                     "processes: --devices N)")
+    if args.batch_size % world:
+        parser.error(f"--batch-size {args.batch_size} is the global minibatch and must split evenly across the "
+                     f"{world} processes (--devices {devices} x --num-nodes {num_nodes}); choose a multiple of {world}")
+    relaunched = "LOCAL_RANK" in os.environ or "RANK" in os.environ
+    if devices > 1 and not relaunched and argv is not None and list(argv) != sys.argv[1:]:
+        parser.error("--devices > 1 starts the other processes by re-running this command line "
+                     f"({shlex.join(sys.argv)}), but main() was called with other arguments; run "
+                     "`pyro-iterative train ...` (or `python -m pyro_iterative train ...`) from a shell")
+    if "RANK" in os.environ:  # set by torchrun and other external launchers
+        rank = int(os.environ["RANK"])
+    else:  # Lightning's own launcher: NODE_RANK per machine (given by the user), LOCAL_RANK per process
+        rank = int(os.environ.get("NODE_RANK", 0)) * devices + int(os.environ.get("LOCAL_RANK", 0))
+    return {"strategy": strategy, "devices": devices, "accelerator": accelerator, "num_nodes": num_nodes,
+            "rank": rank}
+
+
+def _check_engine(run_dir: Path, method: str, lightning: bool) -> None:
+    """Refuse to resume a checkpoint with the other training loop (their optimizer states differ)."""
+    path = run_dir / method / "checkpoint.pt"
+    if not path.is_file():
+        return
+    try:
+        engine = torch.load(path, map_location="cpu", weights_only=False).get("engine")
+    except Exception:  # unreadable: load_checkpoint says so, with the file's name
+        return
+    if lightning and engine != "lightning":
+        raise SystemExit(f"error: {path} was trained without --strategy (the single-process loop); resume it the same "
+                         "way, or start the Lightning run in another --out")
+    if not lightning and engine == "lightning":
+        raise SystemExit(f"error: {path} was trained with Lightning (--strategy); resume it with --strategy, "
+                         "--devices, --accelerator and --num-nodes, or start a new run in another --out")
+
+
+def _train_lightning(args: argparse.Namespace, config, options: dict) -> int:
+    """``pyro-iterative train`` through :mod:`pyro_iterative.lightning`; global rank 0 alone touches --out."""
+    from .comparison import evaluation_data
+    from .lightning import train_method as train_distributed
+
+    method, rank = args.method, options.pop("rank")
+    if rank == 0:
+        run_dir = _run_dir(args, config, args.resume)
+        if args.resume:
+            _check_engine(run_dir, method, lightning=True)
+    else:  # the other processes neither check nor write the run directory: rank 0 sends them what they need
+        run_dir = Path(args.out or "runs/unused")
+    log = _log(args.quiet or rank != 0)
+    log(f"run directory: {run_dir}")
+    if method == "per_datapoint":
+        log("note: per_datapoint stores q for every training datapoint; each process holds the whole table and "
+            "DDP averages its (mostly zero) gradient at every step, so it trains correctly but does not scale")
+    # Loaded on the CPU in every process; Lightning moves what each process needs to its own device.
+    x_train, x_eval = evaluation_data(dataclasses.replace(config, device="cpu"))
+    train_distributed(config, method, x_train, x_eval, run_dir, resume=args.resume, quiet=args.quiet or rank != 0,
+                      log=log, **options)
+    if rank == 0:
+        print(f"trained {method}; checkpoint: {run_dir / method / 'checkpoint.pt'}")
+    return 0
+
+
 def _log(quiet: bool):
     def log(message: str) -> None:
         if not quiet:
@@ -210,6 +294,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     train_parser.add_argument("--method", choices=METHODS, default="iterative", help="the method (default: iterative)")
     train_parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     _run_options(train_parser)
+    scale = train_parser.add_argument_group(
+        "scaling out with PyTorch Lightning (the 'distributed' extra)",
+        "Any of these options trains with Lightning, data-parallel: --batch-size is then the global minibatch, split "
+        "evenly across the processes.")
+    scale.add_argument("--strategy", choices=("ddp", "auto"),
+                       help="Lightning strategy: ddp (one process per device, gradients averaged; the default when "
+                            "--devices or --num-nodes is above 1) or auto (Lightning chooses)")
+    scale.add_argument("--devices", type=_positive_int, help="processes (CPU) or GPUs per machine (default 1)")
+    scale.add_argument("--accelerator", choices=("cpu", "gpu", "auto"),
+                       help="cpu (gloo backend) or gpu (nccl); default: gpu when --device is cuda, else cpu")
+    scale.add_argument("--num-nodes", type=_positive_int,
+                       help="machines (default 1); start the same command on each with MASTER_ADDR, MASTER_PORT and "
+                            "NODE_RANK set")
     evaluate = commands.add_parser("evaluate", help="measure the trained methods of a run and write metrics.json",
                                    description="Load every method's checkpoint in --out, measure it, and write "
                                                "metrics.json, figures and report.md there.")
@@ -245,8 +342,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     methods = (args.method,) if args.command == "train" else args.methods
+    lightning = _lightning_options(train_parser, args, argv) if args.command == "train" else None
     config = _config(args, methods)
+    if lightning is not None:
+        return _train_lightning(args, config, lightning)
     run_dir = _run_dir(args, config, args.resume)
+    if args.resume:
+        for method in methods:
+            _check_engine(run_dir, method, lightning=False)
     x_train, x_eval = evaluation_data(config)
     log = _log(args.quiet)
     log(f"run directory: {run_dir}")

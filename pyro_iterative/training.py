@@ -104,6 +104,11 @@ def train(
     history, seconds, first_epoch = [], 0.0, 1
     if resume and checkpoint is not None and Path(checkpoint).exists():
         state = load_checkpoint(checkpoint, config=config)
+        if state.get("engine") is not None:
+            raise ValueError(
+                f"{checkpoint} was written by the {state['engine']} training loop (pyro_iterative.lightning); resume "
+                "it with that loop (pyro-iterative train with the same --strategy/--devices options), or start afresh."
+            )
         model.load_state_dict(state["model"])
         guide.load_state_dict(state["guide"])
         pyro.clear_param_store()  # the next call registers the loaded tensors

@@ -149,3 +149,63 @@ def test_compare_runs_every_bundled_model(tmp_path, model):
         assert entry["test_elbo"] < 0 and len(entry["history"]) == 1
         assert ("perplexity" in entry) == (model[0] == "bow")
     assert (out / "report.md").exists()
+
+
+# ---------------------------------------------------------------------------------------------- Lightning options
+
+
+@pytest.fixture
+def lightning_present(monkeypatch):
+    """Pretend the 'distributed' extra is installed, so that the option checks after that one can be tested."""
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: object() if name == "lightning" else find_spec(name, *args))
+
+
+def test_lightning_options_without_lightning_name_the_extra(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "lightning" else find_spec(name, *args))
+    for option in (["--strategy", "ddp"], ["--devices", "2"], ["--num-nodes", "2"], ["--accelerator", "cpu"]):
+        with pytest.raises(SystemExit):
+            main(["train", *TINY, *option, "--out", str(tmp_path / "a")])
+        assert 'pip install "pyro-iterative[distributed]"' in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()  # refused before anything was written
+
+
+def test_lightning_options_are_checked_with_a_message(tmp_path, lightning_present, capsys):
+    out = ["--out", str(tmp_path / "a")]
+    with pytest.raises(SystemExit):
+        main(["train", *TINY, "--batch-size", "63", "--devices", "2", *out])
+    assert "must split evenly across the 2 processes" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", *TINY, "--batch-size", "64", "--devices", "2", "--num-nodes", "3", *out])
+    assert "choose a multiple of 6" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", *TINY, "--device", "cpu", "--accelerator", "gpu", *out])
+    assert "disagree" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # main(argv) from Python: DDP would re-run the wrong command line
+        main(["train", *TINY, "--strategy", "ddp", "--devices", "2", *out])
+    assert "re-running this command line" in capsys.readouterr().err
+    for bad in (["--devices", "0"], ["--strategy", "horovod"], ["--accelerator", "tpu"], ["--num-nodes", "-1"]):
+        with pytest.raises(SystemExit):
+            main(["train", *TINY, *bad, *out])
+        assert "error:" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # the options belong to train only
+        main(["compare", *TINY, "--devices", "2", *out])
+    assert "unrecognized arguments: --devices 2" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
+
+
+def test_accelerator_gpu_without_a_gpu_is_refused(tmp_path, lightning_present, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    with pytest.raises(SystemExit):
+        main(["train", *TINY, "--accelerator", "gpu", "--out", str(tmp_path / "a")])
+    assert "no CUDA GPU is visible" in capsys.readouterr().err

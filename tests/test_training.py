@@ -104,3 +104,12 @@ def test_non_finite_loss_stops_with_epoch_and_step(tmp_path):
     with pytest.raises(TrainingError, match=r"epoch 2, step \d+.*last good checkpoint"):
         train(model, guide, x, epochs=3, batch_size=6, binarize_mode="none", quiet=True, checkpoint=path)
     assert load_checkpoint(path)["epoch"] == 1
+
+
+def test_checkpoint_of_the_lightning_loop_is_refused_with_the_way_out(tmp_path):
+    run(tmp_path, epochs=1)
+    path = tmp_path / "checkpoint.pt"
+    state = load_checkpoint(path)
+    save_checkpoint(path, dict(state, engine="lightning"))
+    with pytest.raises(ValueError, match="written by the lightning training loop"):
+        run(tmp_path, epochs=1, resume=True)
