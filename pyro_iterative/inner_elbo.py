@@ -56,7 +56,15 @@ LocalParams = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 @dataclass(frozen=True)
 class Batch:
-    """The datapoints of one guide call: indices into the data plate and the plate's full size."""
+    """The datapoints of one guide call: indices into the data plate and the plate's full size.
+
+    Usage::
+
+        batch = Batch(torch.tensor([3, 17, 29]), full_size=40)
+        len(batch)                      # 3
+        with batch.plate(layout):       # the model's data plate, pinned to these datapoints
+            ...
+    """
 
     indices: torch.Tensor
     full_size: int

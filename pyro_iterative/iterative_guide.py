@@ -168,8 +168,11 @@ class IterativeGuide(LocalGuide):
             new_lam = {}
             for site, net, grad in zip(sites, nets, grads):
                 previous = leaves[site.name].detach()
-                update = (self._update, net, previous, grad, data, errors)
-                new_lam[site.name] = checkpoint(*update, use_reentrant=False) if recompute else update[0](*update[1:])
+                inputs = (net, previous, grad, data, errors)
+                if recompute:  # low_memory: keep only the inputs, recompute the update in the backward pass
+                    new_lam[site.name] = checkpoint(self._update, *inputs, use_reentrant=False)
+                else:
+                    new_lam[site.name] = self._update(*inputs)
                 if finite is not None:  # datapoints with a non-finite gradient keep their previous estimate
                     new_lam[site.name] = torch.where(finite.unsqueeze(-1), new_lam[site.name], previous)
             lam = new_lam
