@@ -83,6 +83,8 @@ def _subsample_factor(site: dict) -> float:
 
 def _per_datapoint(log_prob: torch.Tensor, plate_dim: int, particle_dim: int | None) -> torch.Tensor:
     """Sum a site's log-density over everything but the particle and datapoint dims: ``([P,] B)``."""
+    if plate_dim == -1 and log_prob.dim() == (1 if particle_dim is None else 2) and particle_dim in (None, -2):
+        return log_prob  # already ([P,] B): nothing to sum
     needed = -(particle_dim if particle_dim is not None else plate_dim)
     if log_prob.dim() < needed:
         log_prob = log_prob.reshape((1,) * (needed - log_prob.dim()) + log_prob.shape)
@@ -128,7 +130,7 @@ class ReplayScorer(Messenger):
         self.particle_dim = particle_dim
         self.keep = keep
         self.check = {site.name: site for site in check}
-        self.log_density: torch.Tensor | float = 0.0
+        self.log_density: torch.Tensor | None = None
         self.trace = Trace()
 
     def _pyro_sample(self, msg: dict) -> None:
@@ -148,8 +150,10 @@ class ReplayScorer(Messenger):
         if msg["name"] in self.check:
             _check_observed(self.check[msg["name"]], msg["value"], self.plate.dim)
         log_prob = msg["fn"].log_prob(msg["value"], *msg["args"], **msg["kwargs"])
-        log_prob = scale_and_mask(log_prob, msg["scale"], msg["mask"]) / _subsample_factor(msg)
-        self.log_density = self.log_density + _per_datapoint(log_prob, self.plate.dim, self.particle_dim)
+        factor = _subsample_factor(msg)  # divided out of the scale, not of the log-density: one operation fewer
+        log_prob = scale_and_mask(log_prob, msg["scale"] if factor == 1 else msg["scale"] / factor, msg["mask"])
+        log_prob = _per_datapoint(log_prob, self.plate.dim, self.particle_dim)
+        self.log_density = log_prob if self.log_density is None else self.log_density + log_prob
         if msg["name"] in self.keep:
             self.trace.add_node(msg["name"], **msg)
 
@@ -235,21 +239,23 @@ class InnerELBO:
     ) -> tuple[torch.Tensor, Trace]:
         """The fast path: ``([particles,] batch)`` log-weights ``log p - log q`` and the kept model sites."""
         dim = self.particle_dim
-        values, log_q = dict(global_values), 0.0
+        values, log_q = dict(global_values), None
         for site in self.layout.local_sites:
-            # Drawn as the inner guide's plates would draw it: expanded over the particles, then rsample().
-            q = site.distribution(*params[site.name])
+            # Drawn as the inner guide's plates would draw it: expanded over the particles, then rsample(). q's
+            # parameters are this package's own (their non-finite values are caught by the guides): not validated.
+            q = site.distribution(*params[site.name], validate_args=False)
             if dim is not None:
                 shape = (1,) * (-dim - len(q.batch_shape)) + tuple(q.batch_shape)
                 q = q.expand(shape[:dim] + (self.num_particles,) + shape[dim + 1 :])
             value = q.rsample()
             values[site.name] = value
-            log_q = log_q + _per_datapoint(q.log_prob(value), self.layout.plate.dim, dim)
+            site_log_q = _per_datapoint(q.log_prob(value), self.layout.plate.dim, dim)
+            log_q = site_log_q if log_q is None else log_q + site_log_q
         check = self.layout.observed_sites if check_data else ()
         scorer = ReplayScorer(values, batch, self.layout.plate, dim, self._keep, check)
         with poutine.block(), self._particles(dim), scorer:
             self.model(*args, **kwargs)
-        if isinstance(scorer.log_density, float):
+        if scorer.log_density is None:
             raise ValueError(f"No sample site of the model lies inside the plate '{self.layout.plate_name}'.")
         return scorer.log_density - log_q, scorer.trace
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import pyro.distributions as dist
 import torch
@@ -62,14 +63,14 @@ class LocalSite:
         """Number of unconstrained coordinates per datapoint."""
         return math.prod(self.unconstrained_shape)
 
-    @property
+    @cached_property
     def is_real(self) -> bool:
         """Whether the support is unconstrained (then q is a plain Normal)."""
         return _is_real(self.support)
 
-    @property
+    @cached_property
     def transform(self) -> torch.distributions.Transform:
-        """Bijection from unconstrained space to the site's support."""
+        """Bijection from unconstrained space to the site's support (looked up once, on first use)."""
         return biject_to(self.support)
 
     def unflatten(self, flat: torch.Tensor) -> torch.Tensor:
@@ -80,16 +81,20 @@ class LocalSite:
         """Inverse of :meth:`unflatten`: the site's unconstrained value as ``(batch, size)``."""
         return value.movedim(self.plate_position, 0).reshape(value.shape[self.plate_position], -1)
 
-    def distribution(self, loc: torch.Tensor, scale: torch.Tensor) -> dist.TorchDistribution:
+    def distribution(
+        self, loc: torch.Tensor, scale: torch.Tensor, validate_args: bool | None = None
+    ) -> dist.TorchDistribution:
         """q for this site: a diagonal Normal in unconstrained space pushed through ``biject_to(support)``.
 
         :param loc: ``(batch, size)`` unconstrained locations.
         :param scale: ``(batch, size)`` unconstrained scales.
+        :param validate_args: passed to the distributions (``None``: torch's default).
         """
-        base = dist.Normal(self.unflatten(loc), self.unflatten(scale)).to_event(self.unconstrained_event_dim)
+        normal = dist.Normal(self.unflatten(loc), self.unflatten(scale), validate_args=validate_args)
+        base = normal.to_event(self.unconstrained_event_dim)
         if self.is_real:
             return base  # a plain Normal keeps TraceMeanField_ELBO's analytic KL available
-        return dist.TransformedDistribution(base, self.transform.with_cache(1))
+        return dist.TransformedDistribution(base, self.transform.with_cache(1), validate_args=validate_args)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The measuring tools of benchmarks/: they import, and the memory counter sees a known allocation exactly."""
+"""The measuring tools of benchmarks/: they import, and the memory counter sees known allocations exactly."""
 
 import importlib
 import sys
@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from pyro.infer import Trace_ELBO
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -18,17 +19,25 @@ def benchmarks():
     sys.path.remove(str(BENCHMARKS))
 
 
-def test_memory_counter_sees_a_known_peak(benchmarks):
+def test_memory_counter_sees_known_peaks(benchmarks):
     memory = benchmarks["memory"]
+    before = [torch.empty(2_000_000)]  # 8 MB allocated before the session and freed inside it: not counted
 
-    def step():
-        a = torch.empty(1_000_000)  # 4 MB, freed before the next one is made
-        del a
-        b = torch.empty(250_000)  # 1 MB
-        c = torch.empty(250_000)  # 1 MB
-        return b, c
+    def build():
+        before.clear()
+        held = torch.empty(500_000)  # 2 MB held by the "model" through every step
 
-    assert memory.step_peak_bytes(step, "cpu") == 4_000_000
+        def step():
+            a = torch.empty(1_000_000)  # 4 MB, freed before the next one is made
+            del a
+            b = torch.empty(250_000)  # 1 MB
+            c = torch.empty(250_000)  # 1 MB
+            return held, b, c
+
+        return step
+
+    peaks = memory.step_peaks_cpu(build, warmup=1, steps=2)
+    assert peaks == [(6_000_000, 4_000_000)] * 2  # total: held + 4 MB; step-added: 4 MB
 
 
 def test_scaling_arithmetic_counts_weights(benchmarks):
@@ -45,3 +54,46 @@ def test_steps_to_reach_finds_the_first_step(benchmarks):
     assert steps_to_reach(trajectory, -8.5) == 1
     assert steps_to_reach(trajectory, -5.5) == 3
     assert steps_to_reach(trajectory, 0.0) is None
+
+
+@pytest.fixture
+def float64():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+def _gradients(modules):
+    return [p.grad.clone() for module in modules for p in module.parameters()]
+
+
+def test_plain_reference_is_the_guides_algorithm(benchmarks, float64):
+    # The overhead benchmark's ratio means something only if B computes what A computes: same loss, same gradients.
+    overhead = benchmarks["overhead"]
+    model, guide, _, plain, x = overhead.build(dict(overhead.CONFIGS["small"]), 0)
+    torch.manual_seed(3)
+    Trace_ELBO().differentiable_loss(model, guide, x).backward()
+    torch.manual_seed(3)
+    lam, network_loss, _ = plain.refine(x)
+    lam = lam.detach() + (lam - lam.detach()) / plain.K
+    surrogate = network_loss / plain.K
+    loss = -plain.elbo(lam, x).sum() + (surrogate - surrogate.detach()).sum()
+    loss.backward()
+    torch.manual_seed(3)
+    assert Trace_ELBO().loss(model, guide, x) == pytest.approx(loss.item(), rel=1e-12)
+    a, b = _gradients([guide.update_nets[0], model.decoder]), _gradients([plain.update, plain.decoder])
+    assert len(a) == len(b) == 12  # 8 update-network and 4 decoder tensors
+    for u, v in zip(a, b):
+        torch.testing.assert_close(u, v, rtol=1e-9, atol=1e-12)
+    assert max(float(v.abs().max()) for v in b) > 1e-3  # the gradients compared are not all zero
+
+
+def test_floor_one_shot_steps_compute_the_same_loss(benchmarks, float64):
+    overhead = benchmarks["overhead"]
+    floor = overhead.Floor(dict(overhead.CONFIGS["small"]), 0)
+    torch.manual_seed(5)
+    pyro_loss = Trace_ELBO().loss(floor.model, floor.encoder_guide, floor.x)
+    torch.manual_seed(5)
+    assert pyro_loss == pytest.approx(floor.plain_loss().item(), rel=1e-12)
+    assert set(floor.calls()) == {"svi_one_shot", "plain_one_shot", "model_run", "plain_elbo"}
