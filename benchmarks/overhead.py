@@ -1,14 +1,15 @@
 """Integration overhead of IterativeGuide: one Pyro SVI training step against the same algorithm in plain PyTorch.
 
-What is measured: wall-clock time of one training step of ``IterativeGuide`` under
-``SVI(model, guide, pyro.optim.Adam, Trace_ELBO())`` (A), and of one step of a plain-PyTorch implementation of the
-identical algorithm written below (B). B uses deep copies of the guide's update networks and the model's decoder (the
-same weights), the same K, one sample, the same batch, and per iteration: a reparameterized sample
-``z = loc + exp(log_scale) * eps``, the per-datapoint ``ELBO_i = log N(z; 0, I) + log Bernoulli(x | decoder(z)) -
-log N(z; loc, scale)``, ``autograd.grad`` of its sum with respect to lambda, the inputs ``[lambda, log(|g| + 1e-5),
-sign(g), x]``, the gated update; then loss = -final ELBO + the networks' averaged-ELBO surrogate, backward and an Adam
-step (``torch.optim.Adam`` over all parameters, learning rate as in A). B leaves out the library's non-finite gradient
-guard (one ``isfinite`` check per iteration), so the ratio, if anything, overstates the overhead.
+What is measured: wall-clock time of one training step of ``IterativeGuide`` under ``SVI(model, guide,
+pyro.optim.Adam, Trace_ELBO())`` (A), and of one step of a plain-PyTorch implementation of the identical algorithm
+written below (B). B uses deep copies of the guide's update networks and the model's decoder (the same weights), the
+same K, one sample, the same batch, and per iteration: a reparameterized sample ``z = loc + exp(log_scale) * eps``,
+the per-datapoint ``ELBO_i = log N(z; 0, I) + log Bernoulli(x | decoder(z)) - log N(z; loc, scale)``,
+``autograd.grad`` of its sum with respect to lambda, the inputs ``[lambda, log(|g| + 1e-5), sign(g)]`` plus the
+data's first-layer projection (computed once per step), the gated update; then loss = -final ELBO + the networks'
+averaged-ELBO surrogate, backward and an Adam step (``torch.optim.Adam`` over all parameters, learning rate as in
+A). B leaves out the library's non-finite gradient guard (one ``isfinite`` check per iteration), so the ratio, if
+anything, overstates the overhead.
 
 How: the two steps alternate (A B, B A, ...) after warm-up, on the same fixed batch; the result is the median
 milliseconds per step and the ratio A / B (ratio of medians, and the median of per-pair ratios). Two configurations:
@@ -95,6 +96,7 @@ class PlainIterative:
 
     def refine(self, x: torch.Tensor, record: bool = False):
         lam = x.new_zeros(x.shape[0], 2 * self.d)  # loc 0, log-scale 0
+        projected = self.update.project(x)  # the data's share of the first layer, once per call
         network_loss, elbos = None, []
         for t in range(self.K):
             leaf = lam.detach().requires_grad_()
@@ -107,8 +109,8 @@ class PlainIterative:
                 term = (grad * lam).sum(-1)
                 network_loss = -term if network_loss is None else network_loss - term
             previous = leaf.detach()
-            inputs = torch.cat([previous, torch.log(grad.abs() + 1e-5), torch.sign(grad), x], dim=-1)
-            lam = self.update(inputs, previous)
+            inputs = torch.cat([previous, torch.log(grad.abs() + 1e-5), torch.sign(grad)], dim=-1)
+            lam = self.update(inputs, previous, projected)
         return lam, network_loss, elbos
 
     def step(self, x: torch.Tensor) -> float:
@@ -147,7 +149,7 @@ def build(cfg: dict, seed: int, device: str = "cpu", **guide_options):
 def one_shot(update: nn.Module, x: torch.Tensor, latent_dim: int) -> torch.Tensor:
     """The update network applied once from lambda_0 = 0, zeros in place of the encoded gradient: an encoder."""
     lam0 = x.new_zeros(x.shape[0], 2 * latent_dim)
-    return update(torch.cat([lam0, x.new_zeros(x.shape[0], 4 * latent_dim), x], dim=-1), lam0)
+    return update(torch.cat([lam0, x.new_zeros(x.shape[0], 4 * latent_dim)], dim=-1), lam0, update.project(x))
 
 
 class Floor:

@@ -5,10 +5,11 @@ What is measured: one ``SVI(model, guide, pyro.optim.Adam, Trace_ELBO()).step`` 
 sizes d = 16, 64 and 256 (batch 64), alternated with the plain-PyTorch implementation of the same algorithm from
 ``overhead.py`` (medians after warm-up). Beside each time: the arithmetic of the step, counted as multiply-adds per
 datapoint from the weight matrices (a forward pass costs one multiply-add per weight and datapoint, a backward pass
-about two when weight gradients are needed, one when only the input gradient is): ``K (2 W_dec + 3 W_upd) +
-3 W_dec``. "Time per unit of arithmetic", normalized to the smallest configuration of each sweep, must not grow:
-the step may not cost more than its arithmetic does as the problem grows (it may cost less: fixed per-call costs
-are amortized).
+about two when weight gradients are needed, one when only the input gradient is): ``K (2 W_dec + 3 W_upd) + 3 W_dec
++ 2 W_data``, where ``W_data`` are the update networks' weights on the data, used once per step (a forward pass and
+a weight gradient) and ``W_upd`` the others. "Time per unit of arithmetic", normalized to the smallest configuration
+of each sweep, must not grow: the step may not cost more than its arithmetic does as the problem grows (it may cost
+less: fixed per-call costs are amortized).
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ def weights(module) -> int:
 def arithmetic(model, guide, K: int, batch: int) -> int:
     """Multiply-adds of one training step (see the module docstring)."""
     decoder, update = weights(model.decoder), weights(guide.update_nets)
-    return batch * (K * (2 * decoder + 3 * update) + 3 * decoder)
+    data = sum(net.constant.weight.numel() for net in guide.update_nets if net.constant is not None)
+    return batch * (K * (2 * decoder + 3 * (update - data)) + 3 * decoder + 2 * data)
 
 
 def sweep(configs: list[dict], warmup: int, reps: int, seed: int, device: str) -> list[dict]:

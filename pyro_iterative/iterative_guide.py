@@ -35,7 +35,9 @@ class IterativeGuide(LocalGuide):
     trace machinery, takes its gradient with respect to lambda (of the sum over datapoints, so no
     datapoint depends on its batch-mates or the batch size), and feeds lambda, the encoded gradient
     and, by default, the datapoint's observed values to one update network per site, which outputs
-    ``lambda <- g * lambda + (1 - g) * delta``. The model is then scored at a sample from the final q.
+    ``lambda <- g * lambda + (1 - g) * delta`` (the observed values do not change between iterations, so
+    their share of the first layer is computed once per call). The model is then scored at a sample from
+    the final q.
 
     Training follows the paper and works through Pyro's stock losses (``Trace_ELBO``,
     ``TraceMeanField_ELBO``, the ``ELBOModule`` of ``Trace_ELBO()(model, guide)``): the model's and
@@ -68,8 +70,8 @@ class IterativeGuide(LocalGuide):
     :param str gradient_encoding: ``"log_sign"`` (log-magnitude and sign, the paper's MNIST choice) or
         ``"layer_norm"`` (standardised per datapoint).
     :param int num_particles: samples per datapoint in the inner ELBO estimate.
-    :param bool low_memory: keep only each update's inputs (lambda and the raw gradient) for the backward
-        pass and recompute the update networks' activations there (``torch.utils.checkpoint``): training
+    :param bool low_memory: keep only each update's inputs (lambda, the raw gradient) for the backward pass
+        and recompute the update networks' activations there (``torch.utils.checkpoint``): training
         memory then hardly grows with ``num_iterations``, at the price of one more forward pass of the
         update networks per iteration. Results are the same either way.
     :param kwargs: ``plate_name``, ``init_loc``, ``init_scale``, ``global_init_scale``, ``create_plates``,
@@ -112,11 +114,11 @@ class IterativeGuide(LocalGuide):
             inputs = width
             if "gradient" in self.encode:
                 inputs += encoded_size(self.gradient_encoding, width)
-            if "data" in self.encode:
-                inputs += layout.data_size
             if "errors" in self.encode:
                 inputs += layout.data_size + sum(other.value_size for other in layout.local_sites)
-            updates.append(GatedUpdate(inputs, width, self.hidden_sizes))
+            # The data is the same at every iteration: its first-layer projection is computed once per call.
+            constant = layout.data_size if "data" in self.encode else 0
+            updates.append(GatedUpdate(inputs, width, self.hidden_sizes, constant_features=constant))
         # A plain nn.ModuleList: reading the attribute registers its parameters with Pyro (pyro.module).
         self.update_nets = nn.ModuleList(updates)
 
@@ -144,7 +146,7 @@ class IterativeGuide(LocalGuide):
         lam = self._initial_lambda(len(batch))
         training = torch.is_grad_enabled()
         recompute = training and self.low_memory
-        data, errors, elbos, path, network_loss = None, None, [], [], None
+        projected, errors, elbos, path, network_loss = [None] * len(nets), None, [], [], None
         for t in range(num_iterations):
             leaves = {name: value.detach().requires_grad_() for name, value in lam.items()}
             with torch.enable_grad():
@@ -156,8 +158,9 @@ class IterativeGuide(LocalGuide):
             if record:
                 elbos.append(elbo.detach())
                 path.append({name: value.detach() for name, value in leaves.items()})
-            if data is None and "data" in self.encode:
+            if t == 0 and "data" in self.encode:
                 data = self._observed_data(model_trace).to(like.dtype)
+                projected = [net.project(data) for net in nets]
             if "errors" in self.encode:
                 errors = prediction_errors(model_trace, self.layout, self._inner_elbo.particle_dim).detach()
                 errors = errors.to(like.dtype)
@@ -166,9 +169,9 @@ class IterativeGuide(LocalGuide):
                 term = sum((grad * lam[site.name]).sum(-1) for site, grad in zip(sites, grads))
                 network_loss = -term if network_loss is None else network_loss - term
             new_lam = {}
-            for site, net, grad in zip(sites, nets, grads):
+            for site, net, grad, projection in zip(sites, nets, grads, projected):
                 previous = leaves[site.name].detach()
-                inputs = (net, previous, grad, data, errors)
+                inputs = (net, previous, grad, projection, errors)
                 if recompute:  # low_memory: keep only the inputs, recompute the update in the backward pass
                     new_lam[site.name] = checkpoint(self._update, *inputs, use_reentrant=False)
                 else:
@@ -184,13 +187,11 @@ class IterativeGuide(LocalGuide):
                 network_loss = network_loss / num_iterations
         return Refinement(lam=lam, elbos=elbos, path=path, network_loss=network_loss)
 
-    def _update(self, net: GatedUpdate, previous: torch.Tensor, grad: torch.Tensor, data, errors) -> torch.Tensor:
-        """One site's update from its current lambda and the encoded inputs."""
+    def _update(self, net: GatedUpdate, previous: torch.Tensor, grad: torch.Tensor, projected, errors) -> torch.Tensor:
+        """One site's update from its current lambda, the encoded inputs and the data's projection (or None)."""
         inputs = [previous]
         if "gradient" in self.encode:
             inputs.append(encode_gradient(self.gradient_encoding, grad))
-        if "data" in self.encode:
-            inputs.append(data)
         if "errors" in self.encode:
             inputs.append(errors)
-        return net(torch.cat(inputs, dim=-1), previous)
+        return net(torch.cat(inputs, dim=-1), previous, projected)

@@ -44,8 +44,10 @@ def test_scaling_arithmetic_counts_weights(benchmarks):
     scaling, overhead = benchmarks["scaling"], benchmarks["overhead"]
     model, guide, _, _, _ = overhead.build(dict(overhead.CONFIGS["small"]), 0)
     decoder = 2 * 32 + 32 * 10
-    update = sum(p.numel() for n, p in guide.update_nets.named_parameters() if n.endswith("weight"))
-    assert scaling.arithmetic(model, guide, K=5, batch=3) == 3 * (5 * (2 * decoder + 3 * update) + 3 * decoder)
+    data = 10 * 32  # the data's share of the first layer: used once per step
+    update = (4 + 8) * 32 + 32 * 32 + 2 * 32 * 4  # lambda (4), its encoded gradient (8) -> 32 -> 32 -> gate, delta
+    step = 5 * (2 * decoder + 3 * update) + 3 * decoder + 2 * data
+    assert scaling.arithmetic(model, guide, K=5, batch=3) == 3 * step
 
 
 def test_steps_to_reach_finds_the_first_step(benchmarks):
@@ -83,7 +85,7 @@ def test_plain_reference_is_the_guides_algorithm(benchmarks, float64):
     torch.manual_seed(3)
     assert Trace_ELBO().loss(model, guide, x) == pytest.approx(loss.item(), rel=1e-12)
     a, b = _gradients([guide.update_nets[0], model.decoder]), _gradients([plain.update, plain.decoder])
-    assert len(a) == len(b) == 12  # 8 update-network and 4 decoder tensors
+    assert len(a) == len(b) == 13  # 9 update-network (one on the data) and 4 decoder tensors
     for u, v in zip(a, b):
         torch.testing.assert_close(u, v, rtol=1e-9, atol=1e-12)
     assert max(float(v.abs().max()) for v in b) > 1e-3  # the gradients compared are not all zero
