@@ -149,7 +149,8 @@ def build(cfg: dict, seed: int, device: str = "cpu", **guide_options):
 def one_shot(update: nn.Module, x: torch.Tensor, latent_dim: int) -> torch.Tensor:
     """The update network applied once from lambda_0 = 0, zeros in place of the encoded gradient: an encoder."""
     lam0 = x.new_zeros(x.shape[0], 2 * latent_dim)
-    return update(torch.cat([lam0, x.new_zeros(x.shape[0], 4 * latent_dim)], dim=-1), lam0, update.project(x))
+    no_gradient = x.new_zeros(x.shape[0], update.input.in_features - lam0.shape[-1])
+    return update(torch.cat([lam0, no_gradient], dim=-1), lam0, update.project(x))
 
 
 class Floor:
