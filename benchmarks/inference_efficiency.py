@@ -39,7 +39,7 @@ from pyro.infer import SVI, Trace_ELBO
 
 from pyro_iterative import IterativeGuide, optimize_local
 from pyro_iterative.data import binarize, load_mnist5k
-from pyro_iterative.local_optimization import OPTIMIZERS
+from pyro_iterative.inference import OPTIMIZERS
 from pyro_iterative.models import VAE
 
 K = 5

@@ -64,7 +64,7 @@ from pyro.infer import SVI, Trace_ELBO
 from torch import nn
 
 from pyro_iterative import IterativeGuide
-from pyro_iterative.local_guide import LOG_SCALE_RANGE
+from pyro_iterative.inference import LOG_SCALE_RANGE
 from pyro_iterative.models import VAE
 
 LR = 1e-3

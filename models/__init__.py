@@ -1,9 +1,15 @@
-"""Reference generative models written as Pyro models (installed as ``pyro_iterative.models``)."""
+"""Reference generative models written as Pyro models (installed as ``pyro_iterative.models``).
 
-from .bag_of_words import BagOfWords, load_counts, perplexity, synthetic_corpus
+The corpus helpers :func:`load_counts` and :func:`synthetic_corpus` live in :mod:`pyro_iterative.data` and are
+re-exported here next to :class:`BagOfWords`.
+"""
+
+from pyro_iterative.data import load_counts, synthetic_corpus
+
+from .bag_of_words import BagOfWords, perplexity
 from .gaussian_vae import GaussianVAE
 from .hierarchical_vae import HierarchicalVAE
-from .linear_gaussian import LinearGaussian
+from .linear_gaussian import LinearGaussian, synthetic_linear_gaussian
 from .vae import VAE
 
 __all__ = [
@@ -15,4 +21,5 @@ __all__ = [
     "load_counts",
     "perplexity",
     "synthetic_corpus",
+    "synthetic_linear_gaussian",
 ]

@@ -16,7 +16,7 @@ import torch
 from pyro.nn import PyroModule
 from torch import Tensor, nn
 
-from pyro_iterative.networks import mlp
+from pyro_iterative.inference.networks import mlp
 
 __all__ = ["GaussianVAE"]
 

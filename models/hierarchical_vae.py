@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from pyro.nn import PyroModule
 from torch import Tensor
 
-from pyro_iterative.networks import mlp
+from pyro_iterative.inference.networks import mlp
 
 __all__ = ["HierarchicalVAE"]
 

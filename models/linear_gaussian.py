@@ -2,20 +2,22 @@
 
 This module holds :class:`LinearGaussian`, a Pyro model whose marginal likelihood, exact posterior, best mean-field
 posterior and mean-field ELBO are all available in closed form, which makes it the reference test bed for checking
-inference code. It does not hold any guide or inference algorithm; those live in :mod:`pyro_iterative`.
+inference code, and :func:`synthetic_linear_gaussian`, which builds such a model and draws training and test sets
+from it. It does not hold any guide or inference algorithm; those live in :mod:`pyro_iterative`.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
 from torch import Tensor
 
-__all__ = ["LinearGaussian"]
+__all__ = ["LinearGaussian", "synthetic_linear_gaussian"]
 
 
 class LinearGaussian(PyroModule):
@@ -316,6 +318,49 @@ class LinearGaussian(PyroModule):
         if not isinstance(x, Tensor) or x.dim() < 1 or x.shape[-1] != data_dim:
             raise ValueError(f"x must have shape (..., data_dim={data_dim}), got {_describe(x)}")
         return x.to(self.weight.dtype)
+
+
+# ---------------------------------------------------------------- synthetic data
+
+
+def synthetic_linear_gaussian(
+    num_train: int = 1000,
+    num_test: int = 500,
+    *,
+    data_dim: int = 10,
+    latent_dim: int = 2,
+    noise_scale: float = 0.5,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+) -> tuple[LinearGaussian, Tensor, Tensor]:
+    """
+    A linear-Gaussian model with orthogonal loadings (:meth:`LinearGaussian.orthogonal`, seeded with ``seed``) and
+    independent training and test sets drawn from it. The two sets are drawn with two further seeds derived from
+    ``seed`` (through :class:`numpy.random.SeedSequence`), so they differ from each other and from the stream that
+    built the model; the result depends only on the arguments, and the global RNGs are untouched.
+
+    Usage::
+
+        model, x_train, x_test = synthetic_linear_gaussian(1000, 500, data_dim=10, latent_dim=2, seed=0)
+        exact = model.log_likelihood(x_test).mean()   # the target any guide's ELBO is compared with
+
+    :param int num_train: number of training points.
+    :param int num_test: number of test points.
+    :param int data_dim: observed dimension ``D``.
+    :param int latent_dim: latent dimension ``d`` (at most ``data_dim``).
+    :param float noise_scale: observation noise standard deviation.
+    :param int seed: non-negative seed of the model and of the two data sets.
+    :param torch.dtype dtype: floating point dtype of the model and the data (float64 keeps the closed forms exact).
+    :return: ``(model, x_train, x_test)`` with data of shapes ``(num_train, data_dim)`` and ``(num_test, data_dim)``.
+    """
+    for name, value in (("num_train", num_train), ("num_test", num_test), ("seed", seed)):
+        if int(value) != value or value < 0:
+            raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    model = LinearGaussian.orthogonal(
+        data_dim=data_dim, latent_dim=latent_dim, noise_scale=noise_scale, seed=int(seed), dtype=dtype
+    )
+    train_seed, test_seed = (int(s) for s in np.random.SeedSequence(int(seed)).generate_state(2))
+    return model, model.sample(int(num_train), seed=train_seed), model.sample(int(num_test), seed=test_seed)
 
 
 def _describe(value: object) -> str:

@@ -14,7 +14,7 @@ import torch
 from pyro.nn import PyroModule
 from torch import Tensor
 
-from pyro_iterative.networks import mlp
+from pyro_iterative.inference.networks import mlp
 
 __all__ = ["VAE"]
 

@@ -3,8 +3,11 @@
 Guides (all Pyro guides, usable with SVI and Predictive): :class:`IterativeGuide` (learned iterative
 refinement), :class:`AmortizedGuide` (the standard encoder), :class:`SemiAmortizedGuide` (encoder plus
 gradient steps), :class:`PerDatapointGuide` (variational EM). :func:`optimize_local` optimizes q for a
-batch with a torch optimizer. Data-parallel training with PyTorch Lightning (several processes, GPUs or
-machines) lives in :mod:`pyro_iterative.lightning`, which needs the ``distributed`` extra and is not imported here.
+batch with a torch optimizer. The package is layered: :mod:`pyro_iterative.inference` (the machinery),
+:mod:`pyro_iterative.guides`, then evaluation, optimization and matching, :mod:`pyro_iterative.data`, and
+:mod:`pyro_iterative.experiments` (training runs, the comparison, its report; data-parallel training with
+PyTorch Lightning in :mod:`pyro_iterative.experiments.lightning`, which needs the ``distributed`` extra and is
+not imported here).
 
 Usage::
 
@@ -14,22 +17,31 @@ Usage::
     svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), pyro.infer.Trace_ELBO())
 """
 
-from .amortized_guide import AmortizedGuide
-from .fairness import inference_parameters, matched_amortized_guide
-from .iterative_guide import IterativeGuide
-from .local_guide import LocalGuide, ModelPasses
-from .local_optimization import LocalOptimization, optimize_local
-from .per_datapoint_guide import PerDatapointGuide
-from .semi_amortized_guide import SemiAmortizedGuide
+from .guides import (
+    AmortizedGuide,
+    IterativeGuide,
+    LocalGuide,
+    LocalInference,
+    OptimizingGuide,
+    PerDatapointGuide,
+    SemiAmortizedGuide,
+    TrainableGuide,
+)
+from .inference import LocalOptimization, ModelPasses
+from .matching import inference_parameters, matched_amortized_guide
+from .optimization import optimize_local
 
 __all__ = [
     "AmortizedGuide",
     "IterativeGuide",
     "LocalGuide",
+    "LocalInference",
     "LocalOptimization",
     "ModelPasses",
+    "OptimizingGuide",
     "PerDatapointGuide",
     "SemiAmortizedGuide",
+    "TrainableGuide",
     "inference_parameters",
     "matched_amortized_guide",
     "optimize_local",

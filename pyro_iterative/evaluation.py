@@ -3,7 +3,8 @@
 Every result is an :class:`Estimate`: per-datapoint values, their mean and standard error over
 datapoints, and the model passes per datapoint spent to get them. The functions act on one call's
 model arguments (one batch); :func:`over_batches` runs any of them over a data set in chunks and joins
-the results. Training, data loading and plotting live elsewhere.
+the results. :func:`reconstruction` reads the model's predicted observations at a guide's q. Training,
+data loading and plotting live elsewhere.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
+import pyro.poutine as poutine
 import torch
 
-from .inner_elbo import InnerELBO
-from .local_guide import LocalGuide, ModelPasses
-from .local_optimization import _optimize
+from .guides.base import LocalGuide, LocalInference
+from .inference.cost import ModelPasses
+from .inference.inner_elbo import InnerELBO, ReplayScorer
+from .inference.optimize import optimize_lambda
 
 __all__ = [
     "AmortizationGap",
@@ -26,6 +29,7 @@ __all__ = [
     "elbo_per_iteration",
     "log_likelihood",
     "over_batches",
+    "reconstruction",
 ]
 
 
@@ -126,8 +130,8 @@ def log_likelihood(
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}.")
     if model is not guide.model:
         raise ValueError("log_likelihood needs the guide's own model (the proposal is fitted to it).")
-    refinement, batch, global_values = guide._inspect(args, kwargs, None, record=False)
-    params = guide._local_params(refinement.lam)
+    inference = guide.refine(*args, **kwargs)
+    params, batch, global_values = inference.params(), inference.batch, inference.global_values
     chunks, remaining = [], num_samples
     with torch.no_grad():
         while remaining:
@@ -169,18 +173,20 @@ def amortization_gap(
     """
     if model is not guide.model:
         raise ValueError("amortization_gap needs the guide's own model.")
-    refinement, batch, global_values = guide._inspect(args, kwargs, None, record=True)
+    inference = guide.refine(*args, record=True, **kwargs)
+    batch, global_values = inference.batch, inference.global_values
     inner = InnerELBO(model, guide.layout, num_particles)
     evaluate = InnerELBO(model, guide.layout, eval_particles)
 
     def elbo_at(lam: dict[str, torch.Tensor]) -> torch.Tensor:
         with torch.no_grad():
-            return evaluate(args, kwargs, guide._local_params(lam), batch, global_values)[0]
+            return evaluate(args, kwargs, inference.params(lam), batch, global_values)[0]
 
-    optimized = _optimize(
-        inner, args, kwargs, batch, global_values, refinement.lam, optimizer, lr, max_steps, patience, tol
+    optimized = optimize_lambda(
+        inner, args, kwargs, batch, global_values, inference.lam, optimizer=optimizer, lr=lr, num_steps=max_steps,
+        patience=patience, tol=tol,
     )
-    trajectory = torch.stack([elbo_at(lam) for lam in refinement.path] + [elbo_at(refinement.lam)])
+    trajectory = torch.stack([elbo_at(lam) for lam in inference.lams])
     final = elbo_at(optimized.lam)
     cost = guide.inference_cost()
     guide_elbo = Estimate(trajectory[-1], ModelPasses(cost.forward + eval_particles, cost.backward))
@@ -193,6 +199,35 @@ def amortization_gap(
         optimized_elbo=Estimate(final, optimized_passes),
         trajectory=trajectory,
     )
+
+
+def reconstruction(
+    model: Callable, inference: LocalInference, *args, lam: dict[str, torch.Tensor] | None = None, **kwargs
+) -> torch.Tensor:
+    """The model's predicted observations at q's median: every observed site's mean, ``(batch, data_size)``.
+
+    Every local latent is pinned to the median of q at ``lam`` (default: the final lambda of ``inference``, from
+    :meth:`~pyro_iterative.guides.base.LocalGuide.refine`), global latents to the values the refinement used; the
+    model runs once, and the mean of each observed site's distribution is read and flattened per datapoint, in
+    the order of the observed sites (for a Bernoulli decoder: pixel probabilities). Every observed site's
+    distribution must define ``.mean``.
+
+    Usage::
+
+        inference = guide.refine(x_test[:6], record=True)
+        images = [reconstruction(model, inference, x_test[:6], lam=lam) for lam in inference.lams]
+    """
+    layout = inference.layout
+    params = inference.params(lam)
+    values = dict(inference.global_values)
+    for site in layout.local_sites:
+        values[site.name] = site.transform(site.unflatten(params[site.name][0]))
+    observed = {site.name for site in layout.observed_sites}
+    scorer = ReplayScorer(values, inference.batch, layout.plate, None, keep=observed)
+    with torch.no_grad(), poutine.block(), scorer:
+        model(*args, **kwargs)
+    rows = [site.flatten(scorer.trace.nodes[site.name]["fn"].mean, layout.plate.dim) for site in layout.observed_sites]
+    return torch.cat(rows, dim=-1)
 
 
 def _join(parts: list):

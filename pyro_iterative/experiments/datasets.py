@@ -1,0 +1,88 @@
+"""The data sets a comparison can run on, declared once each, and the split a run trains and evaluates on.
+
+:data:`DATASETS` maps a name to a loader of ``(x_train, x_test)``; any other ``--dataset`` is read as the user's
+``.npy``/``.npz`` file by the model's own loader (:attr:`~pyro_iterative.experiments.registry.ModelSpec.load_file`)
+and split 80/20 with a fixed seed. :func:`evaluation_data` applies a run's training-set size, evaluation size and
+fixed evaluation binarization. The loaders themselves live in :mod:`pyro_iterative.data`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ..data.binarization import static_binarize
+from ..data.corpora import synthetic_corpus
+from ..data.mnist import load_mnist, load_mnist5k
+from .config import RunConfig
+from .registry import MODELS, Registry
+
+__all__ = [
+    "DATASETS",
+    "DatasetSpec",
+    "evaluation_data",
+    "train_test_split",
+]
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A registered data set: ``load(config)`` gives ``(x_train, x_test)``, datapoints on dim 0."""
+
+    name: str
+    load: Callable[[RunConfig], tuple[torch.Tensor, torch.Tensor]]
+
+
+def _corpus(config: RunConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    data = synthetic_corpus(5000, vocab_size=100, seed=0)
+    return data[:4000], data[4000:]
+
+
+def _mnist5k(config: RunConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    split = load_mnist5k(seed=0)
+    return split.x_train, split.x_test
+
+
+def _mnist(config: RunConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    split = load_mnist(config.data_dir)
+    return split.x_train, split.x_test
+
+
+#: The named data sets of ``--dataset``.
+DATASETS: Registry[DatasetSpec] = Registry("data set")
+DATASETS.register(DatasetSpec("mnist5k", _mnist5k))
+DATASETS.register(DatasetSpec("mnist", _mnist))
+DATASETS.register(DatasetSpec("corpus", _corpus))
+
+
+def train_test_split(data: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded 80/20 split of the rows of ``data`` (at least one test row).
+
+    Usage::
+
+        x_train, x_test = train_test_split(load_array("my_data.npy"))
+    """
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
+    cut = max(1, len(data) // 5)
+    return data[order[cut:]], data[order[:cut]]
+
+
+def evaluation_data(config: RunConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x_train, x_eval)``: the training data (grey levels) and the fixed evaluation set, on ``config.device``.
+
+    Usage::
+
+        x_train, x_eval = evaluation_data(RunConfig.quick())
+    """
+    if config.dataset in DATASETS:
+        x_train, x_test = DATASETS[config.dataset].load(config)
+    else:  # the user's own file, read by the model's loader (word counts for bag-of-words models)
+        x_train, x_test = train_test_split(MODELS[config.model].load_file(config.dataset))
+    if config.train_size is not None:
+        x_train = x_train[: config.train_size]
+    x_eval = x_test[: config.eval_datapoints]
+    if config.binarize != "none":
+        x_eval = static_binarize(x_eval, seed=config.seed)  # one fixed binarization for every evaluation
+    return x_train.to(config.device), x_eval.to(config.device)

@@ -1,0 +1,256 @@
+"""The registries of a comparison: every method and every model, declared once as a spec.
+
+A :class:`MethodSpec` says how a method's guide is built for a run (at matched size), what its label is,
+which run options change it and which guide infers q on new data; a :class:`ModelSpec` says how a bundled
+model is built and what its data need (binarization, a file loader, extra metrics, which figures apply).
+:data:`METHODS` and :data:`MODELS` hold them; the command line generates its choices and help from them,
+and nothing else in the package dispatches on a method's or model's name. Data sets are registered in
+:mod:`pyro_iterative.experiments.datasets`; the settings of a run are
+:class:`~pyro_iterative.experiments.config.RunConfig`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Generic, Iterator, TypeVar
+
+import pyro
+import torch
+
+from .. import models
+from ..data.arrays import load_array
+from ..data.corpora import load_counts
+from ..guides.amortized import AmortizedGuide
+from ..guides.base import LocalGuide
+from ..guides.iterative import IterativeGuide
+from ..guides.optimizing import OptimizingGuide
+from ..guides.per_datapoint import PerDatapointGuide
+from ..guides.protocol import TrainableGuide
+from ..guides.semi_amortized import SemiAmortizedGuide
+from ..matching import matched_amortized_guide
+
+if TYPE_CHECKING:
+    from .config import RunConfig
+
+__all__ = [
+    "METHODS",
+    "MODELS",
+    "MethodSpec",
+    "ModelSpec",
+    "Registry",
+    "build_model_and_guide",
+    "observe_rows",
+]
+
+Spec = TypeVar("Spec")
+
+
+class Registry(Generic[Spec]):
+    """Named specs of one kind, in the order they were registered; unknown names are refused with the choices.
+
+    Usage::
+
+        METHODS["iterative"].label(config)     # "Iterative (K=5)"
+        METHODS.names()                        # ("standard", "iterative", "semi_amortized", "per_datapoint")
+    """
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._specs: dict[str, Spec] = {}
+
+    def register(self, spec: Spec) -> Spec:
+        """Add ``spec`` under its ``name``; a name is declared once."""
+        if spec.name in self._specs:
+            raise ValueError(f"A {self.kind} named '{spec.name}' is already registered.")
+        self._specs[spec.name] = spec
+        return spec
+
+    def names(self) -> tuple[str, ...]:
+        """Every registered name, in registration order."""
+        return tuple(self._specs)
+
+    def __getitem__(self, name: str) -> Spec:
+        if name not in self._specs:
+            raise ValueError(f"Unknown {self.kind} '{name}'; choose one of {', '.join(self._specs)}.")
+        return self._specs[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._specs
+
+    def __iter__(self) -> Iterator[Spec]:
+        return iter(self._specs.values())
+
+
+def observe_rows(indices: torch.Tensor, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    """``observe=`` for the bundled models, which are called as ``model(x, subsample_size=...)``.
+
+    Usage::
+
+        AmortizedGuide(model, observe=observe_rows)
+    """
+    return x[indices].reshape(len(indices), -1)
+
+
+# ------------------------------------------------------------------------------------------------------ methods
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A method of the comparison.
+
+    :ivar name: its name on the command line and in metrics.json.
+    :ivar label: ``label(config)``, its name in tables and legends.
+    :ivar build: ``build(model, x_train, config)``, the guide it trains (set up for ``model(x_train,
+        subsample_size=config.batch_size)``), at the parameter count the comparison matches.
+    :ivar options: the :class:`~pyro_iterative.experiments.config.RunConfig` fields that change it besides the
+        shared ones (data, model, training budget).
+    :ivar test_time: ``test_time(model, guide, config)``, the guide that infers q on new data (default: the
+        trained guide itself).
+    :ivar figures: the report's figures (optimizer comparison, reconstructions, 2-D posterior) show this method's
+        guide; one method says so.
+    :ivar distributed_note: what a user should know before training it data-parallel, or ``None``.
+    """
+
+    name: str
+    label: Callable[["RunConfig"], str]
+    build: Callable[[Callable, torch.Tensor, "RunConfig"], TrainableGuide]
+    options: tuple[str, ...] = ()
+    test_time: Callable[[Callable, TrainableGuide, "RunConfig"], LocalGuide] = lambda model, guide, config: guide
+    figures: bool = False
+    distributed_note: str | None = None
+
+
+def _probe(x: torch.Tensor, config: "RunConfig") -> dict:
+    return {"subsample_size": min(config.batch_size, len(x))}
+
+
+def _iterative_guide(model: Callable, config: "RunConfig") -> IterativeGuide:
+    """The iterative guide every network-based method is sized against: two hidden layers of ``hidden`` units."""
+    return IterativeGuide(model, num_iterations=config.iterations, hidden_sizes=(config.hidden,) * 2,
+                          encode=config.encode)
+
+
+def _build_iterative(model: Callable, x: torch.Tensor, config: "RunConfig") -> IterativeGuide:
+    return _iterative_guide(model, config).setup(x, **_probe(x, config))
+
+
+def _build_standard(model: Callable, x: torch.Tensor, config: "RunConfig") -> AmortizedGuide:
+    """An encoder of two equal hidden layers, as many parameters as the iterative guide's networks (within 5%)."""
+    return matched_amortized_guide(model, _iterative_guide(model, config), x, guide_options={"observe": observe_rows},
+                                   **_probe(x, config))
+
+
+def _build_semi_amortized(model: Callable, x: torch.Tensor, config: "RunConfig") -> SemiAmortizedGuide:
+    encoder = _build_standard(model, x, config)
+    # Step size 0.03, not SA-VAE's 1: on the MNIST VAE (3 epochs, 300 test digits, 5 steps from a trained encoder)
+    # lr 1 lowered the ELBO from -198.0 to -310.2 and 0.3 to -208.6, while 0.1, 0.03, 0.01 and 0.003 raised it
+    # (0.03 the most, to -196.4).
+    return SemiAmortizedGuide(model, num_steps=config.iterations, lr=0.03, hidden_sizes=encoder.hidden_sizes,
+                              observe=observe_rows).setup(x, **_probe(x, config))
+
+
+def _build_per_datapoint(model: Callable, x: torch.Tensor, config: "RunConfig") -> PerDatapointGuide:
+    return PerDatapointGuide(model).setup(x, **_probe(x, config))
+
+
+def _optimizing_at_test_time(model: Callable, guide: TrainableGuide, config: "RunConfig") -> OptimizingGuide:
+    return OptimizingGuide(model, optimizer="adam", lr=1e-2, num_steps=config.local_steps)
+
+
+#: Every method of the comparison, in table order.
+METHODS: Registry[MethodSpec] = Registry("method")
+METHODS.register(MethodSpec(
+    "standard", lambda config: "Standard encoder", _build_standard, options=("hidden", "encode"),
+))
+METHODS.register(MethodSpec(
+    "iterative", lambda config: f"Iterative (K={config.iterations})", _build_iterative,
+    options=("iterations", "hidden", "encode"), figures=True,
+))
+METHODS.register(MethodSpec(
+    "semi_amortized", lambda config: f"Semi-amortized (K={config.iterations})", _build_semi_amortized,
+    options=("iterations", "hidden", "encode"),
+))
+METHODS.register(MethodSpec(
+    "per_datapoint", lambda config: f"Per-datapoint (Adam, {config.local_steps} steps at test)", _build_per_datapoint,
+    options=("local_steps",), test_time=_optimizing_at_test_time,
+    distributed_note="per_datapoint stores q for every training datapoint; each process holds the whole table and DDP "
+    "averages its (mostly zero) gradient at every step, so it trains correctly but does not scale",
+))
+
+
+# ------------------------------------------------------------------------------------------------------- models
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A bundled model of the comparison.
+
+    :ivar name: its name on the command line.
+    :ivar description: one line for the command line's help.
+    :ivar build: ``build(data_dim, latent_dim, hidden)``, the model.
+    :ivar binarize: how its training data are binarized unless the run says otherwise (a name from
+        :data:`~pyro_iterative.data.binarization.BINARIZE_MODES`).
+    :ivar load_file: reads a user's ``.npy``/``.npz`` file of datapoints for it.
+    :ivar images: its observations are pictures (the report draws reconstructions per iteration).
+    :ivar posterior_2d: the report draws a 2-D latent version of it with inference paths.
+    :ivar extra_metrics: ``extra_metrics(test_elbos, x_eval, log_likelihoods, x_ll)``, more entries for a method's
+        metrics (e.g. per-word perplexity), or ``None``.
+    """
+
+    name: str
+    description: str
+    build: Callable[[int, int, int], torch.nn.Module]
+    binarize: str = "none"
+    load_file: Callable[[str], torch.Tensor] = load_array
+    images: bool = False
+    posterior_2d: bool = False
+    extra_metrics: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], dict] | None = None
+
+
+def _perplexities(test_elbos: torch.Tensor, x_eval: torch.Tensor, ll: torch.Tensor, x_ll: torch.Tensor) -> dict:
+    # Per-word perplexity bounds from the ELBO and from log p(x), as in the topic-model literature.
+    return {"perplexity": float(models.perplexity(test_elbos, x_eval, exclude_coefficient=True)),
+            "perplexity_ll": float(models.perplexity(ll, x_ll, exclude_coefficient=True))}
+
+
+#: Every bundled model of the comparison.
+MODELS: Registry[ModelSpec] = Registry("model")
+MODELS.register(ModelSpec(
+    "vae", "the paper's single-level MNIST VAE",
+    lambda data_dim, latent_dim, hidden: models.VAE(data_dim=data_dim, latent_dim=latent_dim,
+                                                    hidden_sizes=(hidden, hidden)),
+    binarize="dynamic", images=True, posterior_2d=True,
+))
+MODELS.register(ModelSpec(
+    "hierarchical", "its two-level VAE (latents latent_dim and latent_dim // 2, top-down prior)",
+    lambda data_dim, latent_dim, hidden: models.HierarchicalVAE(
+        data_dim=data_dim, latent_dims=(latent_dim, max(1, latent_dim // 2)), hidden_sizes=(hidden, hidden)),
+    binarize="dynamic", images=True,
+))
+MODELS.register(ModelSpec(
+    "gaussian", "a VAE with a Gaussian likelihood, for continuous data",
+    lambda data_dim, latent_dim, hidden: models.GaussianVAE(data_dim=data_dim, latent_dim=latent_dim,
+                                                            hidden_sizes=(hidden, hidden)),
+    images=True,
+))
+MODELS.register(ModelSpec(
+    "bow", "a multinomial bag-of-words model of word counts",
+    lambda data_dim, latent_dim, hidden: models.BagOfWords(vocab_size=data_dim, latent_dim=latent_dim,
+                                                           hidden_sizes=(hidden,)),
+    load_file=load_counts, extra_metrics=_perplexities,
+))
+
+
+def build_model_and_guide(config: "RunConfig", method: str, x_train: torch.Tensor) -> tuple[torch.nn.Module, Callable]:
+    """A fresh model (``config.model``, seeded with ``config.seed``) and ``method``'s guide, on ``x_train``'s device.
+
+    Every method starts from the same decoder initialisation; the guides are sized as the comparison matches them.
+
+    Usage::
+
+        model, guide = build_model_and_guide(RunConfig(), "iterative", x_train)
+    """
+    pyro.set_rng_seed(config.seed)  # every method starts from the same decoder initialisation
+    model = MODELS[config.model].build(x_train.shape[-1], config.latent_dim, config.hidden).to(device=x_train.device)
+    guide = METHODS[method].build(model, x_train, config)
+    return model, guide.to(device=x_train.device)

@@ -1,0 +1,491 @@
+"""The written report of a ``pyro-iterative compare`` run: ``report.md`` and the comparison table.
+
+:func:`write_report` turns the metrics dict (``docs/metrics-schema.md``) and the figures drawn by
+:func:`pyro_iterative.experiments.plots.plot_all` into a Markdown report: the command and setup, one table row per
+method, a plain-words comparison (every claim backed by a number of the metrics, differences judged against two
+combined standard errors) and the figures with captions. :func:`format_table` gives the table alone, for the
+terminal. Computing the metrics and drawing the figures live elsewhere
+(:mod:`pyro_iterative.experiments.comparison`, :mod:`pyro_iterative.experiments.plots`); this module needs no
+matplotlib.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+__all__ = [
+    "combined_se",
+    "format_table",
+    "steps_to_reach",
+    "write_report",
+]
+
+_FIGURE_ORDER = ["optimizer_comparison", "reconstructions", "posterior_2d", "training_curves"]
+_FIGURE_TITLES = {
+    "optimizer_comparison": "Optimizer comparison",
+    "reconstructions": "Reconstructions per iteration",
+    "posterior_2d": "2-D posterior and inference paths",
+    "training_curves": "Training curves",
+}
+_OPTIMIZER_NAMES = {
+    "iterative": "the iterative model",
+    "sgd": "SGD",
+    "momentum": "SGD + momentum",
+    "rmsprop": "RMSProp",
+    "adam": "Adam",
+}
+
+
+def steps_to_reach(curve_mean: Sequence[float], target: float) -> int | None:
+    """Index of the first step whose mean is at least ``target``, or None when no step reaches it.
+
+    :param curve_mean: the mean ELBO at each inference step.
+    :param target: the ELBO to reach (e.g. the iterative model's final ELBO).
+    :return: the step index, or None.
+
+    Usage::
+
+        steps_to_reach([-500.0, -120.0, -96.0], target=-100.0)  # 2
+        steps_to_reach([-500.0, -120.0], target=-100.0)  # None
+    """
+    for index, value in enumerate(curve_mean):
+        if value >= target:
+            return index
+    return None
+
+
+def combined_se(se1: float | None, se2: float | None) -> float | None:
+    """Standard error of a difference of two independent means, ``sqrt(se1**2 + se2**2)`` (None if one is missing).
+
+    Usage::
+
+        combined_se(0.3, 0.4)  # 0.5
+    """
+    if se1 is None or se2 is None:
+        return None
+    return math.sqrt(float(se1) ** 2 + float(se2) ** 2)
+
+
+# ----------------------------------------------------------------------------------------------------- formatting
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a float, or None when it is missing or not a number (NaN counts as missing)."""
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(number) else number
+
+
+def _pm(mean: Any, se: Any, digits: int = 2) -> str:
+    mean, se = _number(mean), _number(se)
+    if mean is None:
+        return "n/a"
+    if se is None:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {se:.{digits}f}"
+
+
+def _count(value: Any) -> str:
+    number = _number(value)
+    if number is None:
+        return "n/a"
+    return f"{int(number):,}" if number == int(number) else f"{number:,.1f}"
+
+
+def _seconds(value: Any, digits: int = 1) -> str:
+    number = _number(value)
+    return "n/a" if number is None else f"{number:.{digits}f}"
+
+
+def _milliseconds(value: Any) -> str:
+    number = _number(value)
+    return "n/a" if number is None else f"{number * 1000:.3g}"
+
+
+def _label(name: str, method: Mapping[str, Any]) -> str:
+    return str(method.get("label") or name)
+
+
+def _table_rows(metrics: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    config = metrics.get("config") or {}
+    is_samples = config.get("is_samples")
+    ll_header = "log p(x) (nats)" if is_samples is None else f"log p(x) (nats, {is_samples} IS samples)"
+    header = [
+        "Method",
+        "Test ELBO (nats)",
+        ll_header,
+        "Amortization gap (nats)",
+        "Inference params",
+        "Decoder passes / datapoint",
+        "Train (s)",
+        "Inference (ms / datapoint)",
+    ]
+    rows = []
+    for name, method in (metrics.get("methods") or {}).items():
+        log_likelihood = _pm(method.get("log_likelihood"), method.get("log_likelihood_se"))
+        datapoints = method.get("log_likelihood_datapoints")
+        if log_likelihood != "n/a" and datapoints is not None:
+            log_likelihood += f" (n={datapoints})"
+        rows.append([
+            _label(name, method),
+            _pm(method.get("test_elbo"), method.get("test_elbo_se")),
+            log_likelihood,
+            _pm(method.get("amortization_gap"), method.get("amortization_gap_se")),
+            _count(method.get("inference_params")),
+            _count(method.get("decoder_passes_per_datapoint")),
+            _seconds(method.get("train_seconds")),
+            _milliseconds(method.get("infer_seconds_per_datapoint")),
+        ])
+    methods = list((metrics.get("methods") or {}).values())
+    if any("perplexity" in method for method in methods):  # bag-of-words models: per-word perplexity bounds
+        header += ["Perplexity (ELBO)", "Perplexity (log p(x))"]
+        for row, method in zip(rows, methods):
+            row += [_fixed(method.get("perplexity")), _fixed(method.get("perplexity_ll"))]
+    return header, rows
+
+
+def _fixed(value: Any) -> str:
+    number = _number(value)
+    return "n/a" if number is None else f"{number:.1f}"
+
+
+def format_table(metrics: Mapping[str, Any]) -> str:
+    """The comparison table, one row per method, as an aligned Markdown table (readable in a terminal too).
+
+    Columns: method label, test ELBO ± SE, importance-sampled log p(x) ± SE (with its datapoints ``n`` and the
+    number of importance samples in the header), amortization gap ± SE, inference parameters, decoder passes
+    per datapoint, training seconds and inference milliseconds per datapoint. Missing values read ``n/a``.
+
+    :param metrics: the parsed ``metrics.json`` (``docs/metrics-schema.md``).
+    :return: the table, lines joined by newlines, no trailing newline.
+
+    Usage::
+
+        print(format_table(json.loads(Path("out/metrics.json").read_text())))
+    """
+    header, rows = _table_rows(metrics)
+    widths = [max(len(line[column]) for line in [header, *rows]) for column in range(len(header))]
+    numeric = [False] + [True] * (len(header) - 1)
+
+    def render(cells: list[str]) -> str:
+        padded = [cell.rjust(w) if right else cell.ljust(w) for cell, w, right in zip(cells, widths, numeric)]
+        return "| " + " | ".join(padded) + " |"
+
+    rule = "|" + "|".join(("-" * (w + 1) + ":") if right else (":" + "-" * (w + 1))
+                          for w, right in zip(widths, numeric)) + "|"
+    return "\n".join([render(header), rule, *(render(row) for row in rows)])
+
+
+# ----------------------------------------------------------------------------------------------- plain-words text
+
+
+def _difference_clause(difference: float, se: float | None) -> str:
+    """How a difference compares with two combined standard errors, in words."""
+    if se is None:
+        return "a standard error is missing, so whether the difference is real cannot be judged"
+    if abs(difference) > 2 * se:
+        return f"combined SE {se:.2f}, so the difference exceeds 2 combined SEs ({2 * se:.2f})"
+    return f"combined SE {se:.2f}, within 2 combined SEs ({2 * se:.2f}): not distinguishable"
+
+
+def _join(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _winner_sentence(methods: Mapping[str, Mapping[str, Any]], key: str, what: str) -> str | None:
+    """Which method has the highest ``key`` and whether it is distinguishable from each other method."""
+    entries = [(name, m, _number(m.get(key))) for name, m in methods.items() if _number(m.get(key)) is not None]
+    if not entries:
+        return None
+    entries.sort(key=lambda entry: entry[2], reverse=True)
+    best_name, best, best_value = entries[0]
+    best_label = _label(best_name, best)
+    if len(entries) == 1:
+        return (f"On {what}, only {best_label} was measured ({_pm(best_value, best.get(key + '_se'))} nats), "
+                f"so there is nothing to compare it with.")
+    best_se = _number(best.get(key + "_se"))
+    ties, unknown = [], []
+    for name, method, value in entries[1:]:
+        se = combined_se(best_se, _number(method.get(key + "_se")))
+        if se is None:
+            unknown.append(_label(name, method))
+        elif best_value - value <= 2 * se:
+            ties.append(f"{_label(name, method)} ({_pm(value, method.get(key + '_se'))}; "
+                        f"{best_value - value:.2f} nats lower, combined SE {se:.2f})")
+    runner_name, runner, runner_value = entries[1]
+    runner_se = combined_se(best_se, _number(runner.get(key + "_se")))
+    if not ties and not unknown:
+        margin = best_value - runner_value
+        return (f"On {what}, {best_label} won with {_pm(best_value, best_se)} nats, "
+                f"{margin:.2f} nats above the runner-up {_label(runner_name, runner)} "
+                f"({_pm(runner_value, runner.get(key + '_se'))}; {_difference_clause(margin, runner_se)}"
+                f"{', and further above the others' if len(entries) > 2 else ''}).")
+    sentence = f"On {what}, {best_label} had the highest mean ({_pm(best_value, best_se)} nats)"
+    if ties:
+        sentence += (f" but is not distinguishable from {_join(ties)}: "
+                     f"{'that difference is' if len(ties) == 1 else 'those differences are'} within 2 combined SEs")
+    if unknown:
+        sentence += (f"{';' if ties else ','} standard errors are missing for {_join(unknown)}, "
+                     f"so that comparison cannot be judged")
+    return sentence + "."
+
+
+def _ratio(numerator: Any, denominator: Any) -> float | None:
+    numerator, denominator = _number(numerator), _number(denominator)
+    if numerator is None or denominator is None or denominator == 0:
+        return None
+    return numerator / denominator
+
+
+def _iterative_vs_standard(methods: Mapping[str, Mapping[str, Any]]) -> str | None:
+    """The iterative model against the standard encoder: size, ELBO, log p(x), gap and cost."""
+    iterative, standard = methods.get("iterative"), methods.get("standard")
+    if iterative is None and standard is None:
+        return None
+    if iterative is None or standard is None:
+        present = "iterative model" if standard is None else "standard encoder"
+        absent = "standard encoder" if standard is None else "iterative model"
+        return f"This run has no {absent}, so the {present} is not compared with one."
+    it_label, std_label = _label("iterative", iterative), _label("standard", standard)
+    sentences = []
+
+    params_ratio = _ratio(iterative.get("inference_params"), standard.get("inference_params"))
+    if params_ratio is not None:
+        matched = ("matched within 5%" if abs(params_ratio - 1) <= 0.05
+                   else "more than 5% apart, so this is not a size-matched comparison")
+        sentences.append(
+            f"{it_label} against {std_label} (the standard encoder): their inference networks have "
+            f"{_count(iterative['inference_params'])} and {_count(standard['inference_params'])} parameters "
+            f"(ratio {params_ratio:.3f}, {matched})."
+        )
+    else:
+        sentences.append(f"{it_label} against {std_label} (the standard encoder; parameter counts missing).")
+
+    for key, what, higher_is_better in [
+        ("test_elbo", "test ELBO", True),
+        ("log_likelihood", "log-likelihood", True),
+        ("amortization_gap", "amortization gap", False),
+    ]:
+        it_value, std_value = _number(iterative.get(key)), _number(standard.get(key))
+        if it_value is None or std_value is None:
+            continue
+        difference = it_value - std_value
+        se = combined_se(_number(iterative.get(key + "_se")), _number(standard.get(key + "_se")))
+        if difference == 0:
+            amount = "equal"
+        else:
+            direction = "higher" if difference > 0 else "lower"
+            judgement = "better" if (difference > 0) == higher_is_better else "worse"
+            amount = f"{direction} ({judgement}) by {abs(difference):.2f} nats"
+        sentences.append(
+            f"Its {what} is {_pm(it_value, iterative.get(key + '_se'))} against "
+            f"{_pm(std_value, standard.get(key + '_se'))} nats: {amount}; {_difference_clause(difference, se)}."
+        )
+
+    costs = []
+    it_passes, std_passes = _number(iterative.get("decoder_passes_per_datapoint")), _number(
+        standard.get("decoder_passes_per_datapoint"))
+    if it_passes is not None and std_passes is not None:
+        ratio = _ratio(it_passes, std_passes)
+        ratio_text = f"{ratio:.1f}x" if ratio is not None else "the standard encoder needs none"
+        costs.append(f"{_count(it_passes)} decoder passes per datapoint against {_count(std_passes)} ({ratio_text})")
+    it_time, std_time = _number(iterative.get("infer_seconds_per_datapoint")), _number(
+        standard.get("infer_seconds_per_datapoint"))
+    if it_time is not None and std_time is not None:
+        ratio = _ratio(it_time, std_time)
+        ratio_text = f"{ratio:.1f}x" if ratio is not None else "ratio undefined"
+        costs.append(f"{_milliseconds(it_time)} ms of inference per datapoint against {_milliseconds(std_time)} ms "
+                     f"({ratio_text})")
+    if costs:
+        sentences.append("The cost: " + "; ".join(costs) + ".")
+    return " ".join(sentences)
+
+
+# --------------------------------------------------------------------------------------------------------- setup
+
+
+def _setup_lines(config: Mapping[str, Any]) -> list[str]:
+    used: set[str] = {"command", "versions", "machine"}
+
+    def part(key: str, text: str) -> str | None:
+        if config.get(key) is None:
+            return None
+        used.add(key)
+        return text.format(config[key])
+
+    def line(title: str, parts: list[str | None]) -> str | None:
+        present = [p for p in parts if p]
+        return f"- {title}: " + ", ".join(present) if present else None
+
+    lines = [
+        line("Data set", [part("dataset", "{}"), part("binarize", "binarization {}")]),
+        line("Model", [part("model", "{}"), part("latent_dim", "latent dimension {}"),
+                       part("hidden", "hidden units {}")]),
+        line("Training", [part("epochs", "{} epochs"), part("batch_size", "batch size {}"),
+                          part("lr", "learning rate {}"), part("iterations", "{} inference iterations"),
+                          part("seed", "seed {}"), part("device", "device {}")]),
+        line("Evaluation", [part("eval_datapoints", "test ELBO on {} datapoints"),
+                            part("ll_datapoints", "log p(x) on {} datapoints"),
+                            part("is_samples", "{} importance samples"),
+                            part("gap_datapoints", "amortization gap on {} datapoints")]),
+    ]
+    versions = config.get("versions") or {}
+    if versions:
+        lines.append("- Versions: " + ", ".join(f"{name} {version}" for name, version in versions.items()))
+    if config.get("machine"):
+        lines.append(f"- Machine: {config['machine']}")
+    others = {key: value for key, value in config.items() if key not in used and value is not None}
+    if others:
+        lines.append("- Other settings: " + ", ".join(f"{key}={value}" for key, value in others.items()))
+    return [text for text in lines if text]
+
+
+# ------------------------------------------------------------------------------------------------------- figures
+
+
+def _optimizer_caption(data: Mapping[str, Any] | None) -> list[str]:
+    generic = ("Test ELBO against inference step for the same trained model from the same start, "
+               "the iterative model against gradient-based optimizers (bands: ±1 SE).")
+    if not data or not data.get("curves"):
+        return [generic]
+    curves = data["curves"]
+    datapoints = data.get("datapoints")
+    on = f" on {datapoints} test datapoints" if datapoints is not None else ""
+    caption = (f"Test ELBO against inference step for the same trained model from the same start{on}: "
+               f"the iterative model against gradient-based optimizers (bands: ±1 SE).")
+    iterative = curves.get("iterative")
+    if not iterative or not iterative.get("mean"):
+        return [caption]
+    target = float(iterative["mean"][-1])
+    iterative_steps = iterative.get("steps") or list(range(len(iterative["mean"])))
+    lines = [caption, "",
+             f"Steps each optimizer needed to reach the iterative model's final ELBO ({target:.2f} nats after "
+             f"{iterative_steps[-1]} steps; first step whose mean is at least that):", ""]
+    for name, curve in curves.items():
+        if name == "iterative":
+            continue
+        label = _OPTIMIZER_NAMES.get(name, name) + (f" (lr={curve['lr']:g})" if curve.get("lr") is not None else "")
+        steps = curve.get("steps") or list(range(len(curve["mean"])))
+        index = steps_to_reach(curve["mean"], target)
+        if index is None:
+            last = steps[-1] if steps else 0
+            lines.append(f"- {label}: not reached in {last} steps (best {max(curve['mean']):.2f} nats)")
+        else:
+            lines.append(f"- {label}: {steps[index]} steps")
+    return lines
+
+
+def _reconstructions_caption(data: Mapping[str, Any] | None) -> list[str]:
+    if not data or not data.get("iterations"):
+        return ["Test digits (first column) and the decoder mean at each inference iteration."]
+    count, iterations = len(data.get("data", [])), len(data["iterations"]) - 1
+    return [f"{count} test digits (first column, \"data\") and the decoder mean at each inference iteration "
+            f"t = 0..{iterations}."]
+
+
+def _posterior_caption(data: Mapping[str, Any] | None) -> list[str]:
+    text = ("Contours of the unnormalised log posterior log p(x, z) of a 2-D latent model for one test datapoint "
+            "(top 15 nats shown), with the posterior mean at each step of each inference path (circle: start, "
+            "star: end)")
+    paths = (data or {}).get("paths") or {}
+    if paths:
+        text += ": " + ", ".join(f"{name} ({max(len(points) - 1, 0)} steps)" for name, points in paths.items())
+    return [text + "."]
+
+
+def _training_caption(methods: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    drawn = [_label(name, m) for name, m in methods.items() if m.get("history")]
+    return [f"Test ELBO against training epoch (left) and wall-clock training seconds (right), ±1 SE bands: "
+            f"{', '.join(drawn) if drawn else 'no method'}."]
+
+
+def _relative_link(path: Path, out_dir: Path) -> str:
+    return os.path.relpath(Path(path), out_dir).replace(os.sep, "/")
+
+
+# -------------------------------------------------------------------------------------------------------- report
+
+
+def write_report(metrics: Mapping[str, Any], out_dir: str | Path, figures: Mapping[str, Path]) -> Path:
+    """Write ``report.md`` into ``out_dir``: setup, comparison table, plain-words summary and figures.
+
+    The summary names the winner on test ELBO and on log-likelihood and by how much, judged against two
+    combined standard errors ``sqrt(se1**2 + se2**2)`` ("not distinguishable" when within), then compares the
+    iterative model with the standard encoder (parameter ratio, ELBO, log-likelihood, gap, decoder passes and
+    inference time). Comparisons needing a missing method or value are left out. Only the figures in
+    ``figures`` are embedded, with links relative to ``out_dir``.
+
+    :param metrics: the parsed ``metrics.json`` (``docs/metrics-schema.md``).
+    :param out_dir: the folder to write ``report.md`` to (created if needed).
+    :param figures: the written figures by name, as returned by :func:`pyro_iterative.experiments.plots.plot_all`.
+    :return: the path of ``report.md``.
+
+    Usage::
+
+        figures = plot_all(metrics, "out")
+        write_report(metrics, "out", figures)  # Path("out/report.md")
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config = metrics.get("config") or {}
+    methods = metrics.get("methods") or {}
+    figure_data = metrics.get("figures") or {}
+
+    subject = " on ".join(str(config[key]) for key in ("model", "dataset") if config.get(key))
+    lines = [f"# Iterative amortized inference: comparison{' of ' + subject if subject else ''}", ""]
+
+    lines += ["## Setup", ""]
+    if config.get("command"):
+        lines += ["Command:", "", "```", str(config["command"]), "```", ""]
+    lines += _setup_lines(config) + [""]
+
+    lines += ["## Results", "", format_table(metrics), ""]
+    lines += ["Means over test datapoints ± 1 standard error, in nats per datapoint. log p(x) is importance "
+              "sampled on n datapoints; the amortization gap is the ELBO gained by optimizing each datapoint's q "
+              "locally from the guide's output (smaller is better). Decoder passes count forward + backward "
+              "passes per datapoint.", ""]
+
+    winners = [sentence for sentence in (
+        _winner_sentence(methods, "test_elbo", "test ELBO"),
+        _winner_sentence(methods, "log_likelihood", "log-likelihood"),
+    ) if sentence]
+    paragraphs = [" ".join(winners)] if winners else []
+    versus = _iterative_vs_standard(methods)
+    if versus:
+        paragraphs.append(versus)
+    if paragraphs:
+        lines += ["## Summary", ""]
+        for paragraph in paragraphs:
+            lines += [paragraph, ""]
+
+    written = [name for name in _FIGURE_ORDER if name in figures] + [n for n in figures if n not in _FIGURE_ORDER]
+    if written:
+        lines += ["## Figures", ""]
+    for number, name in enumerate(written, start=1):
+        title = _FIGURE_TITLES.get(name, name.replace("_", " "))
+        lines += [f"### Figure {number}: {title}", "", f"![{title}]({_relative_link(figures[name], out_dir)})", ""]
+        if name == "optimizer_comparison":
+            caption = _optimizer_caption(figure_data.get(name))
+        elif name == "reconstructions":
+            caption = _reconstructions_caption(figure_data.get(name))
+        elif name == "posterior_2d":
+            caption = _posterior_caption(figure_data.get(name))
+        elif name == "training_curves":
+            caption = _training_caption(methods)
+        else:
+            caption = []
+        lines += caption + ([""] if caption else [])
+    missing = [name for name in _FIGURE_ORDER if name not in figures]
+    if missing:
+        lines += [f"Not drawn: {', '.join(_FIGURE_TITLES[name] for name in missing)}.", ""]
+
+    path = out_dir / "report.md"
+    path.write_text("\n".join(lines).rstrip("\n") + "\n", encoding="utf-8")
+    return path

@@ -1,0 +1,99 @@
+"""AmortizedGuide: the standard VAE inference model, one encoder pass from the data to q(z|x).
+
+The baseline that iterative amortized inference is measured against. Site handling, global latents,
+plates, inspection and serialization are shared with the other guides (:mod:`pyro_iterative.guides.base`);
+this module holds only the encoder.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from ..inference.batch import Batch
+from ..inference.cost import ModelPasses
+from ..inference.networks import mlp
+from ..inference.sites import SiteLayout
+from .base import LocalGuide, Refinement
+
+__all__ = [
+    "AmortizedGuide",
+]
+
+
+class AmortizedGuide(LocalGuide):
+    """The standard amortized encoder: one network maps a datapoint's observations to q for every local site.
+
+    The encoder (an ELU MLP) reads the observed values of each datapoint (every observed site in the
+    data plate, flattened) and outputs, in one pass, the location and log-scale of a diagonal Normal in
+    unconstrained space for every local latent site. It is trained by the outer ELBO like any Pyro guide.
+
+    Usage::
+
+        guide = AmortizedGuide(model, hidden_sizes=(512, 512), observe=lambda idx, x, **kw: x[idx])
+        svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
+        guide.elbo_trajectory(x_test)   # shape (1, batch): the encoder's ELBO
+
+    Without ``observe`` the guide reads the observations by running the model forward once per call
+    (no backward pass); :meth:`inference_cost` counts it.
+
+    :param callable model: a Pyro model with its datapoints in a ``pyro.plate``.
+    :param hidden_sizes: widths of the encoder's hidden ELU layers.
+    :param kwargs: ``plate_name``, ``num_particles``, ``init_loc``, ``init_scale``, ``global_init_scale``,
+        ``create_plates``, ``observe``; see :class:`~pyro_iterative.guides.base.LocalGuide`.
+    """
+
+    def __init__(self, model: Callable, *, hidden_sizes: Sequence[int] = (512, 512), **kwargs) -> None:
+        super().__init__(model, **kwargs)
+        self.hidden_sizes = tuple(hidden_sizes)
+
+    @classmethod
+    def build_encoder(cls, layout: SiteLayout, hidden_sizes: Sequence[int]) -> nn.Sequential:
+        """The encoder this guide builds for ``layout``: an ELU MLP from the observed values to every site's lambda.
+
+        Public so that an encoder can be sized without running the model
+        (:func:`~pyro_iterative.matching.matched_amortized_guide` counts its parameters).
+
+        Usage::
+
+            sum(p.numel() for p in AmortizedGuide.build_encoder(guide.layout, (256, 256)).parameters())
+        """
+        if layout.data_size == 0:
+            raise ValueError(
+                f"{cls.__name__} encodes the observations inside the data plate '{layout.plate_name}', "
+                "and the model observes nothing there; observe the data inside that plate."
+            )
+        return mlp(layout.data_size, tuple(hidden_sizes), sum(2 * site.size for site in layout.local_sites))
+
+    def _setup_networks(self, layout: SiteLayout) -> None:
+        # A plain nn.Sequential: reading the attribute registers its parameters with Pyro (pyro.module).
+        self.encoder = self.build_encoder(layout, self.hidden_sizes)
+
+    def _encode(
+        self, args: tuple, kwargs: dict, batch: Batch, global_values: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """lambda for every local site, ``(batch, 2 * size)``, from one pass of the encoder."""
+        encoder = self.encoder
+        outputs = encoder(self._read_data(args, kwargs, batch, global_values))
+        sites = self.layout.local_sites
+        return dict(zip((s.name for s in sites), outputs.split([2 * s.size for s in sites], dim=-1)))
+
+    def _refine(
+        self,
+        args: tuple,
+        kwargs: dict,
+        batch: Batch,
+        global_values: dict[str, torch.Tensor],
+        *,
+        num_iterations: int | None = None,
+        record: bool = False,
+    ) -> Refinement:
+        if num_iterations:
+            raise ValueError(f"{type(self).__name__} maps the data to q in one pass; num_iterations does not apply.")
+        return Refinement(lam=self._encode(args, kwargs, batch, global_values))
+
+    def inference_cost(self, num_iterations: int | None = None) -> ModelPasses:
+        """No backward pass; one forward pass to read the observations unless ``observe`` was given."""
+        return ModelPasses(forward=self._reads_data_by_running_the_model(), backward=0)

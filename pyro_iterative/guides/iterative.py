@@ -1,0 +1,204 @@
+"""IterativeGuide: iterative amortized inference (Marino, Yue & Mandt, ICML 2018) as a Pyro guide.
+
+This module holds the learned refinement loop and its training signal. Site discovery, plates,
+global latents, the final q, inspection and serialization are shared with the other guides and live
+in :mod:`pyro_iterative.guides.base`; the ELBO gradient step in :mod:`pyro_iterative.inference.gradient`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ..inference.batch import Batch
+from ..inference.cost import ModelPasses
+from ..inference.encodings import encode_gradient, encoded_size, prediction_errors
+from ..inference.gradient import elbo_gradient
+from ..inference.networks import GatedUpdate
+from ..inference.sites import SiteLayout
+from .base import LocalGuide, Refinement
+
+__all__ = [
+    "ENCODABLE",
+    "IterativeGuide",
+]
+
+#: What the update networks may read besides lambda, with what each input is (the names ``encode=`` takes).
+ENCODABLE: dict[str, str] = {
+    "data": "the datapoint's observed values",
+    "errors": "prediction errors: observations minus predicted means, latents minus prior means (scaled)",
+    "gradient": "the ELBO gradient with respect to lambda, encoded",
+}
+
+
+class IterativeGuide(LocalGuide):
+    """A guide that learns to refine q(z|x) from ELBO gradients: iterative amortized inference.
+
+    For every datapoint, the parameters lambda = (loc, log-scale) of a diagonal Normal over each local
+    site (in unconstrained space) start at ``init_loc``/``init_scale`` and are updated
+    ``num_iterations`` times. Each iteration estimates the per-datapoint ELBO at lambda with Pyro's
+    trace machinery, takes its gradient with respect to lambda (of the sum over datapoints, so no
+    datapoint depends on its batch-mates or the batch size), and feeds lambda, the encoded gradient
+    and, by default, the datapoint's observed values to one update network per site, which outputs
+    ``lambda <- g * lambda + (1 - g) * delta`` (the observed values do not change between iterations, so
+    their share of the first layer is computed once per call). The model is then scored at a sample from
+    the final q.
+
+    Training follows the paper and works through Pyro's stock losses (``Trace_ELBO``,
+    ``TraceMeanField_ELBO``, the ``ELBOModule`` of ``Trace_ELBO()(model, guide)``): the model's and
+    the global sites' parameters get the gradient of the final estimate's ELBO only, and the update
+    networks get the gradient of the ELBO averaged over the ``num_iterations`` updated estimates
+    (inner gradients are detached, and each update is trained one step at a time).
+
+    Usage::
+
+        guide = IterativeGuide(model, num_iterations=5)
+        svi = SVI(model, guide, pyro.optim.Adam({"lr": 2e-4}), Trace_ELBO())
+        for step in range(num_steps):
+            svi.step(x_batch)
+        guide.elbo_trajectory(x_test).mean(1)   # mean ELBO after 0, 1, ..., 5 iterations
+        guide.num_iterations = 20               # run longer at test time
+
+    Each iteration costs one forward and one backward pass of the model (decoder) per datapoint, a
+    cost a one-shot encoder does not pay; ``num_iterations`` can be changed after training. The
+    PyTorch JIT (``JitTrace_ELBO``) is not supported.
+
+    :param callable model: a Pyro model with its datapoints in a ``pyro.plate``; local latents and
+        observations inside it, global latents outside it.
+    :param int num_iterations: inference iterations per call (the paper uses 5).
+    :param hidden_sizes: widths of the update networks' hidden ELU layers.
+    :param encode: what the update networks see besides lambda: any of ``"gradient"`` (the ELBO gradient),
+        ``"data"`` (the datapoint's observed values, all observed sites in the plate, flattened) and
+        ``"errors"`` (the paper's variant for hierarchical models: observations minus their predicted means
+        and latents minus their prior means, scaled; see :func:`~pyro_iterative.inference.encodings.prediction_errors`;
+        every observed and local site's distribution must then define ``.mean``).
+    :param str gradient_encoding: a name from :data:`~pyro_iterative.inference.encodings.GRADIENT_ENCODINGS`:
+        ``"log_sign"`` (log-magnitude and sign, the paper's MNIST choice) or ``"layer_norm"`` (standardised per
+        datapoint).
+    :param int num_particles: samples per datapoint in the inner ELBO estimate.
+    :param bool low_memory: keep only each update's inputs (lambda, the raw gradient) for the backward pass
+        and recompute the update networks' activations there (``torch.utils.checkpoint``): training
+        memory then hardly grows with ``num_iterations``, at the price of one more forward pass of the
+        update networks per iteration. Results are the same either way.
+    :param kwargs: ``plate_name``, ``init_loc``, ``init_scale``, ``global_init_scale``, ``create_plates``,
+        ``observe``, ``fast_path``, see :class:`~pyro_iterative.guides.base.LocalGuide`.
+    """
+
+    def __init__(
+        self,
+        model: Callable,
+        *,
+        num_iterations: int = 5,
+        hidden_sizes: Sequence[int] = (512, 512),
+        encode: Sequence[str] = ("gradient", "data"),
+        gradient_encoding: str = "log_sign",
+        num_particles: int = 1,
+        low_memory: bool = False,
+        **kwargs,
+    ) -> None:
+        self._check_iterations(num_iterations)
+        encode = tuple(encode)
+        if not encode or set(encode) - set(ENCODABLE):
+            raise ValueError(f"encode must be a non-empty subset of {tuple(ENCODABLE)}, got {encode}.")
+        encoded_size(gradient_encoding, 1)  # validates the name
+        super().__init__(model, num_particles=num_particles, **kwargs)
+        self.num_iterations = num_iterations
+        self.hidden_sizes = tuple(hidden_sizes)
+        self.encode = encode
+        self.gradient_encoding = gradient_encoding
+        self.low_memory = bool(low_memory)
+
+    @staticmethod
+    def _check_iterations(num_iterations: int) -> None:
+        if not isinstance(num_iterations, int) or num_iterations < 1:
+            raise ValueError(f"num_iterations must be an integer >= 1, got {num_iterations!r}.")
+
+    def _setup_networks(self, layout: SiteLayout) -> None:
+        updates = []
+        for site in layout.local_sites:
+            width = 2 * site.size
+            inputs = width
+            if "gradient" in self.encode:
+                inputs += encoded_size(self.gradient_encoding, width)
+            if "errors" in self.encode:
+                inputs += layout.data_size + sum(other.value_size for other in layout.local_sites)
+            # The data is the same at every iteration: its first-layer projection is computed once per call.
+            constant = layout.data_size if "data" in self.encode else 0
+            updates.append(GatedUpdate(inputs, width, self.hidden_sizes, constant_features=constant))
+        # A plain nn.ModuleList: reading the attribute registers its parameters with Pyro (pyro.module).
+        self.update_nets = nn.ModuleList(updates)
+
+    def inference_cost(self, num_iterations: int | None = None) -> ModelPasses:
+        """``num_iterations`` forward and backward passes per datapoint (the data comes from the first)."""
+        num_iterations = self.num_iterations if num_iterations is None else num_iterations
+        return ModelPasses(forward=num_iterations, backward=num_iterations)
+
+    def _refine(
+        self,
+        args: tuple,
+        kwargs: dict,
+        batch: Batch,
+        global_values: dict[str, torch.Tensor],
+        *,
+        num_iterations: int | None = None,
+        record: bool = False,
+    ) -> Refinement:
+        num_iterations = self.num_iterations if num_iterations is None else num_iterations
+        self._check_iterations(num_iterations)
+        # Read the networks here, outside the inner poutine.block(), so that SVI's parameter trace sees them.
+        nets = self.update_nets
+        sites = self.layout.local_sites
+        like = self._parameter_like()
+        lam = self._initial_lambda(len(batch))
+        training = torch.is_grad_enabled()
+        recompute = training and self.low_memory
+        projected, errors, elbos, path, network_loss = [None] * len(nets), None, [], [], None
+        for t in range(num_iterations):
+            leaves = {name: value.detach().requires_grad_() for name, value in lam.items()}
+            step = self._count_nonfinite(
+                elbo_gradient(self._inner_elbo, args, kwargs, leaves, batch, global_values, check_data=t == 0)
+            )
+            elbo, model_trace, grads = step.elbo, step.model_trace, [step.grads[site.name] for site in sites]
+            if record:
+                elbos.append(elbo.detach())
+                path.append({name: value.detach() for name, value in leaves.items()})
+            if t == 0 and "data" in self.encode:
+                data = self._observed_data(model_trace).to(like.dtype)
+                projected = [net.project(data) for net in nets]
+            if "errors" in self.encode:
+                errors = prediction_errors(model_trace, self.layout, self._inner_elbo.particle_dim).detach()
+                errors = errors.to(like.dtype)
+            if training and t > 0:
+                # d/dphi of sum_i <dELBO_i/dlambda_t, lambda_t> is d/dphi of sum_i ELBO_i(lambda_t).
+                term = sum((grad * lam[site.name]).sum(-1) for site, grad in zip(sites, grads))
+                network_loss = -term if network_loss is None else network_loss - term
+            new_lam = {}
+            for site, net, grad, projection in zip(sites, nets, grads, projected):
+                previous = leaves[site.name].detach()
+                inputs = (net, previous, grad, projection, errors)
+                if recompute:  # low_memory: keep only the inputs, recompute the update in the backward pass
+                    new_lam[site.name] = checkpoint(self._update, *inputs, use_reentrant=False)
+                else:
+                    new_lam[site.name] = self._update(*inputs)
+                # datapoints with a non-finite gradient keep their previous estimate
+                new_lam[site.name] = step.keep_finite(new_lam[site.name], previous)
+            lam = new_lam
+        if training:
+            # The final ELBO, scored by the outer loss, counts 1/K towards the networks' averaged objective;
+            # the model sees the same values (this only scales the gradient that reaches the networks).
+            lam = {name: value.detach() + (value - value.detach()) / num_iterations for name, value in lam.items()}
+            if network_loss is not None:
+                network_loss = network_loss / num_iterations
+        return Refinement(lam=lam, elbos=elbos, path=path, network_loss=network_loss)
+
+    def _update(self, net: GatedUpdate, previous: torch.Tensor, grad: torch.Tensor, projected, errors) -> torch.Tensor:
+        """One site's update from its current lambda, the encoded inputs and the data's projection (or None)."""
+        inputs = [previous]
+        if "gradient" in self.encode:
+            inputs.append(encode_gradient(self.gradient_encoding, grad))
+        if "errors" in self.encode:
+            inputs.append(errors)
+        return net(torch.cat(inputs, dim=-1), previous, projected)

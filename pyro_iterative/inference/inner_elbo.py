@@ -1,0 +1,330 @@
+"""The per-datapoint ELBO that guides evaluate inside their own forward pass.
+
+:class:`InnerELBO` estimates, for every datapoint of a batch, the ELBO of q(lambda) over the model's
+local latent sites, using Pyro's own effect handlers, in one of two equivalent ways:
+
+- the *general path* (:meth:`InnerELBO.trace`): an inner guide trace that samples the local sites from
+  q(lambda) (global latents pinned to given values, the data plate pinned to given subsample indices),
+  the model replayed against it and traced, and ``Trace.compute_log_prob`` on both traces;
+- the *fast path* (the default for :meth:`InnerELBO.__call__` and :meth:`InnerELBO.log_weights`): q's
+  samples are drawn directly (same shapes, same random stream) and one small messenger,
+  :class:`ReplayScorer`, pins the model's sites to them and adds up each site's log-density inside the
+  data plate as the model runs. No trace is built and nothing is copied; only the sites the guides
+  read (observed and local) are kept. The guides call it ``num_iterations`` times per step.
+
+Everything runs under ``poutine.block()``, so none of it reaches the caller's traces. Plate
+subsampling scales are divided out, so a datapoint's ELBO, and its gradient, do not depend on the
+batch size. A test checks that both paths give the same values and gradients.
+
+What does not live here: choosing the parameters (the guides), encoding gradients
+(:mod:`pyro_iterative.inference.encodings`), and the outer ELBO that trains the model (Pyro's own losses).
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import ExitStack
+from typing import Callable
+
+import pyro
+import pyro.distributions as dist
+import pyro.poutine as poutine
+import torch
+from pyro.distributions.util import scale_and_mask
+from pyro.poutine import Trace
+from pyro.poutine.indep_messenger import CondIndepStackFrame
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.runtime import _DIM_ALLOCATOR
+from pyro.poutine.util import site_is_subsample
+
+from .batch import Batch
+from .parameters import LocalParams
+from .sites import ObservedSite, SiteLayout
+
+__all__ = [
+    "InnerELBO",
+    "ReplayScorer",
+    "check_observations",
+    "per_datapoint_elbo",
+]
+
+def _subsample_factor(site: dict) -> float:
+    return math.prod(f.full_size / f.size for f in site["cond_indep_stack"] if f.full_size is not None)
+
+
+def _per_datapoint(log_prob: torch.Tensor, plate_dim: int, particle_dim: int | None) -> torch.Tensor:
+    """Sum a site's log-density over everything but the particle and datapoint dims: ``([P,] B)``."""
+    if plate_dim == -1 and log_prob.dim() == (1 if particle_dim is None else 2) and particle_dim in (None, -2):
+        return log_prob  # already ([P,] B): nothing to sum
+    needed = -(particle_dim if particle_dim is not None else plate_dim)
+    if log_prob.dim() < needed:
+        log_prob = log_prob.reshape((1,) * (needed - log_prob.dim()) + log_prob.shape)
+    if particle_dim is None:
+        return log_prob.movedim(plate_dim, 0).reshape(log_prob.shape[plate_dim], -1).sum(-1)
+    moved = log_prob.movedim((particle_dim, plate_dim), (0, 1))
+    return moved.reshape(moved.shape[0], moved.shape[1], -1).sum(-1)
+
+
+class ReplayScorer(Messenger):
+    """Pin a model's latent sites to given values and add up, as the model runs, each datapoint's log-density.
+
+    The fast path's replacement for ``poutine.trace(poutine.replay(model, guide_trace))`` followed by
+    ``compute_log_prob``: at a sample site named in ``values`` the value is set (as replay does); the
+    data plate's subsample site is pinned to the batch's indices; after every sample site inside the
+    data plate, ``log p`` (scaled and masked as the trace would, subsampling scale divided out) is summed
+    into :attr:`log_density`, one entry per ``([particle,] datapoint)``. Only the sites named in ``keep``
+    are remembered, in :attr:`trace`. Observed sites in ``check`` are refused, as by
+    :func:`check_observations`, before they are scored.
+
+    Usage::
+
+        scorer = ReplayScorer({"z": z}, batch, layout.plate, particle_dim=None, keep={"x"})
+        with poutine.block(), scorer:
+            model(*args, **kwargs)
+        scorer.log_density          # (batch,) sum of log p over the data plate's sites
+        scorer.trace.nodes["x"]     # the observed site, as a trace would hold it
+    """
+
+    def __init__(
+        self,
+        values: dict[str, torch.Tensor],
+        batch: Batch,
+        plate: CondIndepStackFrame,
+        particle_dim: int | None,
+        keep: frozenset[str] | set[str] = frozenset(),
+        check: tuple[ObservedSite, ...] = (),
+    ) -> None:
+        super().__init__()
+        self.values = values
+        self.batch = batch
+        self.plate = plate
+        self.particle_dim = particle_dim
+        self.keep = keep
+        self.check = {site.name: site for site in check}
+        self.log_density: torch.Tensor | None = None
+        self.trace = Trace()
+
+    def _pyro_sample(self, msg: dict) -> None:
+        name = msg["name"]
+        if msg["is_observed"]:
+            return
+        if name in self.values:
+            msg["value"] = self.values[name]
+            msg["done"] = True
+        elif name == self.plate.name and site_is_subsample(msg):
+            msg["value"] = self.batch.indices
+            msg["done"] = True
+
+    def _pyro_post_sample(self, msg: dict) -> None:
+        if not any(f.name == self.plate.name for f in msg["cond_indep_stack"]):
+            return
+        if msg["name"] in self.check:
+            _check_observed(self.check[msg["name"]], msg["value"], self.plate.dim)
+        log_prob = msg["fn"].log_prob(msg["value"], *msg["args"], **msg["kwargs"])
+        factor = _subsample_factor(msg)  # divided out of the scale, not of the log-density: one operation fewer
+        log_prob = scale_and_mask(log_prob, msg["scale"] if factor == 1 else msg["scale"] / factor, msg["mask"])
+        log_prob = _per_datapoint(log_prob, self.plate.dim, self.particle_dim)
+        self.log_density = log_prob if self.log_density is None else self.log_density + log_prob
+        if msg["name"] in self.keep:
+            self.trace.add_node(msg["name"], **msg)
+
+
+class InnerELBO:
+    """Per-datapoint Monte-Carlo ELBO of q(lambda) for a model's local latent sites.
+
+    ``ELBO_i = E_q[log p(x_i, z_i | globals) - log q(z_i)]``, summed over every site inside the data plate
+    (global latents are held at given values and their terms are left out), estimated with
+    ``num_particles`` reparameterized samples drawn in a vectorized particle plate.
+
+    Calls take the fast path (see the module docstring) unless ``fast=False``; both give the same values
+    from the same random draws, and :meth:`trace` always takes the general path.
+
+    Usage::
+
+        inner = InnerELBO(model, layout, num_particles=1)
+        elbo, model_trace = inner(args, kwargs, params, batch, global_values={})
+        grads = torch.autograd.grad(elbo.sum(), [loc, scale])
+
+    :param model: the Pyro model.
+    :param layout: the model's :class:`~pyro_iterative.inference.sites.SiteLayout`.
+    :param num_particles: number of samples per datapoint.
+    :param fast: score the model with :class:`ReplayScorer` instead of building traces.
+    """
+
+    def __init__(self, model: Callable, layout: SiteLayout, num_particles: int = 1, *, fast: bool = True) -> None:
+        if num_particles < 1:
+            raise ValueError(f"num_particles must be at least 1, got {num_particles}.")
+        self.model = model
+        self.layout = layout
+        self.num_particles = num_particles
+        self.fast = fast
+        # Sites whose model-trace entries the guides read: the data, the errors encoding's means.
+        self._keep = frozenset(site.name for site in layout.observed_sites + layout.local_sites)
+
+    @property
+    def particle_dim(self) -> int | None:
+        """Dim of the inner particle plate: left of the model's plates and of any plate active around the call
+        (such as SVI's own vectorized particles; Pyro's dim allocator is global, even under ``poutine.block``)."""
+        if self.num_particles == 1:
+            return None
+        active = len(_DIM_ALLOCATOR._stack)
+        return -(max(self.layout.max_plate_nesting, active) + 1)
+
+    def _particles(self, dim: int | None) -> ExitStack:
+        stack = ExitStack()
+        if dim is not None:
+            stack.enter_context(pyro.plate("_inner_particles", self.num_particles, dim=dim))
+        return stack
+
+    def _guide(self, params: LocalParams, batch: Batch, global_values: dict[str, torch.Tensor], dim) -> None:
+        for name, value in global_values.items():
+            pyro.sample(name, dist.Delta(value, event_dim=value.dim()))
+        with self._particles(dim), batch.plate(self.layout):
+            for site in self.layout.local_sites:
+                pyro.sample(site.name, site.distribution(*params[site.name]))
+
+    def trace(
+        self,
+        args: tuple,
+        kwargs: dict,
+        params: LocalParams,
+        batch: Batch,
+        global_values: dict[str, torch.Tensor],
+    ) -> tuple[Trace, Trace]:
+        """Run the inner guide at ``params`` and the model replayed against it: ``(guide_trace, model_trace)``."""
+        dim = self.particle_dim
+        with poutine.block():
+            guide_trace = poutine.trace(self._guide).get_trace(params, batch, global_values, dim)
+            with self._particles(dim):
+                model_trace = poutine.trace(poutine.replay(self.model, trace=guide_trace)).get_trace(*args, **kwargs)
+        return guide_trace, model_trace
+
+    def _score(
+        self,
+        args: tuple,
+        kwargs: dict,
+        params: LocalParams,
+        batch: Batch,
+        global_values: dict[str, torch.Tensor],
+        check_data: bool = False,
+    ) -> tuple[torch.Tensor, Trace]:
+        """The fast path: ``([particles,] batch)`` log-weights ``log p - log q`` and the kept model sites."""
+        dim = self.particle_dim
+        values, log_q = dict(global_values), None
+        for site in self.layout.local_sites:
+            # Drawn as the inner guide's plates would draw it: expanded over the particles, then rsample(). q's
+            # parameters are this package's own (their non-finite values are caught by the guides): not validated.
+            q = site.distribution(*params[site.name], validate_args=False)
+            if dim is not None:
+                shape = (1,) * (-dim - len(q.batch_shape)) + tuple(q.batch_shape)
+                q = q.expand(shape[:dim] + (self.num_particles,) + shape[dim + 1 :])
+            value = q.rsample()
+            values[site.name] = value
+            site_log_q = _per_datapoint(q.log_prob(value), self.layout.plate.dim, dim)
+            log_q = site_log_q if log_q is None else log_q + site_log_q
+        check = self.layout.observed_sites if check_data else ()
+        scorer = ReplayScorer(values, batch, self.layout.plate, dim, self._keep, check)
+        with poutine.block(), self._particles(dim), scorer:
+            self.model(*args, **kwargs)
+        if scorer.log_density is None:
+            raise ValueError(f"No sample site of the model lies inside the plate '{self.layout.plate_name}'.")
+        return scorer.log_density - log_q, scorer.trace
+
+    def _log_weights(self, args, kwargs, params, batch, global_values, check_data=False) -> tuple[torch.Tensor, Trace]:
+        if self.fast:
+            return self._score(args, kwargs, params, batch, global_values, check_data)
+        guide_trace, model_trace = self.trace(args, kwargs, params, batch, global_values)
+        if check_data:
+            check_observations(model_trace, self.layout)
+        weights = per_datapoint_elbo(model_trace, guide_trace, self.layout.plate, self.particle_dim, reduce=False)
+        return weights, model_trace
+
+    def __call__(
+        self,
+        args: tuple,
+        kwargs: dict,
+        params: LocalParams,
+        batch: Batch,
+        global_values: dict[str, torch.Tensor],
+        *,
+        check_data: bool = False,
+    ) -> tuple[torch.Tensor, Trace]:
+        """Return the ``(batch,)`` ELBO estimates (averaged over particles) and the model trace.
+
+        On the fast path the returned trace holds only the observed and local sites inside the data plate.
+        With ``check_data``, observed values in the data plate are checked to be finite first.
+        """
+        weights, model_trace = self._log_weights(args, kwargs, params, batch, global_values, check_data)
+        return (weights.mean(0) if self.particle_dim is not None else weights), model_trace
+
+    def log_weights(
+        self,
+        args: tuple,
+        kwargs: dict,
+        params: LocalParams,
+        batch: Batch,
+        global_values: dict[str, torch.Tensor],
+    ) -> torch.Tensor:
+        """``(num_particles, batch)`` importance log-weights ``log p(x_i, z) - log q(z)``, one per sample."""
+        weights, _ = self._log_weights(args, kwargs, params, batch, global_values)
+        return weights if self.particle_dim is not None else weights.unsqueeze(0)
+
+
+def check_observations(model_trace: Trace, layout: SiteLayout) -> None:
+    """Refuse observed values that no ELBO can score: NaN or infinite entries, and raw ``uint8`` images.
+
+    Usage::
+
+        _, model_trace = inner.trace(args, kwargs, params, batch, {})
+        check_observations(model_trace, layout)
+
+    :raises ValueError: naming the site, how many values and datapoints are affected, and what to do.
+    """
+    for site in layout.observed_sites:
+        _check_observed(site, model_trace.nodes[site.name]["value"], layout.plate.dim)
+
+
+def _check_observed(site: ObservedSite, value: torch.Tensor, plate_dim: int) -> None:
+    if value.dtype == torch.uint8:
+        raise ValueError(
+            f"Observed site '{site.name}' holds uint8 values (raw 0..255 images). Convert them to floats in [0, 1] "
+            "first: x.float() / 255 (pyro_iterative.data.load_array does this for you)."
+        )
+    if value.is_floating_point() and not torch.isfinite(value).all():
+        rows = site.flatten(value, plate_dim)
+        bad = ~torch.isfinite(rows).all(-1)
+        raise ValueError(
+            f"Observed site '{site.name}' holds {int((~torch.isfinite(rows)).sum())} NaN or infinite values in "
+            f"{int(bad.sum())} of the {len(rows)} datapoints of this batch (the first at position "
+            f"{int(bad.nonzero()[0])}); remove or impute them before inference."
+        )
+
+
+def per_datapoint_elbo(
+    model_trace: Trace,
+    guide_trace: Trace,
+    plate: CondIndepStackFrame,
+    particle_dim: int | None = None,
+    *,
+    reduce: bool = True,
+) -> torch.Tensor:
+    """``(batch,)`` ELBO estimates from a guide trace and the model trace replayed against it.
+
+    Sums ``log p - log q`` over the sites inside the data ``plate`` (matched by name), one value per
+    datapoint, with plate subsampling scales divided out; averages over a particle dimension if given
+    (``reduce=False`` keeps it: ``(particles, batch)`` log-weights).
+
+    Usage::
+
+        elbo = per_datapoint_elbo(model_trace, guide_trace, layout.plate)
+    """
+    elbo = 0.0
+    for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
+        trace.compute_log_prob(lambda name, site: any(f.name == plate.name for f in site["cond_indep_stack"]))
+        for site in trace.nodes.values():
+            if site["type"] == "sample" and "log_prob" in site:
+                log_prob = site["log_prob"] / _subsample_factor(site)
+                elbo = elbo + sign * _per_datapoint(log_prob, plate.dim, particle_dim)
+    if isinstance(elbo, float):
+        raise ValueError(f"No sample site of these traces lies inside the plate '{plate.name}'.")
+    return elbo.mean(0) if particle_dim is not None and reduce else elbo

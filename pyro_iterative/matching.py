@@ -1,0 +1,84 @@
+"""Fair comparisons: parameter counts of inference networks, and an encoder sized to match another guide.
+
+The review of the paper asked whether iterative inference wins because it is better or because it is
+bigger. Methods compared in one table should have inference networks within 5% in parameter count;
+this module counts them and builds a matching :class:`~pyro_iterative.guides.amortized.AmortizedGuide`.
+The cost in model passes is reported by each guide's ``inference_cost()``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from .guides.amortized import AmortizedGuide
+from .guides.iterative import IterativeGuide
+from .guides.protocol import TrainableGuide
+
+__all__ = [
+    "inference_parameters",
+    "matched_amortized_guide",
+]
+
+
+def inference_parameters(guide: TrainableGuide) -> int:
+    """Number of parameters a guide spends on inference: its networks' (for variational EM, its stored q's),
+    its global sites' AutoNormal excluded. The guide must have been set up.
+
+    Usage::
+
+        inference_parameters(IterativeGuide(model).setup(x))
+    """
+    return guide.count_inference_parameters()
+
+
+def matched_amortized_guide(
+    model: Callable,
+    reference: IterativeGuide | AmortizedGuide,
+    *args,
+    tolerance: float = 0.05,
+    num_layers: int | None = None,
+    guide_options: dict | None = None,
+    **kwargs,
+) -> AmortizedGuide:
+    """An :class:`AmortizedGuide` with as many encoder parameters as ``reference``'s networks, within ``tolerance``.
+
+    The encoder keeps ``num_layers`` hidden layers (by default as many as the reference's
+    ``hidden_sizes``) of one common width, chosen by bisection. ``args`` and ``kwargs`` are the model's
+    arguments (a small batch suffices); ``guide_options`` go to ``AmortizedGuide``.
+
+    Usage::
+
+        iterative = IterativeGuide(model, num_iterations=5).setup(x[:2])
+        standard = matched_amortized_guide(model, iterative, x[:2])
+        inference_parameters(standard) / inference_parameters(iterative)   # within 1 +- 0.05
+
+    :raises ValueError: when no width lands within ``tolerance``.
+    """
+    if num_layers is None and not isinstance(reference, (IterativeGuide, AmortizedGuide)):
+        raise TypeError(
+            f"matched_amortized_guide reads the number of hidden layers from an IterativeGuide or AmortizedGuide; "
+            f"for a {type(reference).__name__} pass num_layers=..."
+        )
+    reference.setup(*args, **kwargs)
+    target = inference_parameters(reference)
+    options = dict(guide_options or {})
+    layers = num_layers or len(reference.hidden_sizes)
+
+    def count(width: int) -> int:
+        # The networks alone, for the reference's layout: the model need not run again.
+        return sum(p.numel() for p in AmortizedGuide.build_encoder(reference.layout, (width,) * layers).parameters())
+
+    low, high = 1, 1
+    while count(high) < target:
+        high *= 2
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if count(middle) < target else (low, middle)
+    width = min((low, high), key=lambda w: abs(count(w) - target))
+    achieved = count(width)
+    if abs(achieved - target) > tolerance * target:
+        raise ValueError(
+            f"No encoder of {layers} hidden layers has {target} parameters within {tolerance:.0%}: the closest, width "
+            f"{width}, has {achieved}. Change num_layers."
+        )
+    return AmortizedGuide(model, hidden_sizes=(width,) * layers, **options).setup(*args, **kwargs)

@@ -1,0 +1,229 @@
+"""Figures and report.md from a small synthetic metrics dict following docs/metrics-schema.md."""
+
+import copy
+import math
+
+import pytest
+
+from pyro_iterative.experiments.report import combined_se, format_table, steps_to_reach, write_report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+K = 3
+
+
+def _method(label, elbo, elbo_se, ll, ll_se, gap, params, passes, train_s, infer_s, history=True):
+    return {
+        "label": label,
+        "test_elbo": elbo, "test_elbo_se": elbo_se,
+        "elbo_per_iteration": [elbo - 10.0 * (K - t) for t in range(K + 1)],
+        "elbo_per_iteration_se": [elbo_se] * (K + 1),
+        "log_likelihood": ll, "log_likelihood_se": ll_se, "log_likelihood_datapoints": 100,
+        "amortization_gap": gap, "amortization_gap_se": 0.1, "gap_fraction_closed": [],
+        "inference_params": params,
+        "decoder_passes_per_datapoint": passes,
+        "train_seconds": train_s,
+        "infer_seconds_per_datapoint": infer_s,
+        "history": [
+            {"epoch": e, "seconds": 2.0 * e, "train_loss": 150.0 - 10 * e, "test_elbo": elbo - 10.0 / e,
+             "test_elbo_se": elbo_se}
+            for e in (1, 2, 3)
+        ] if history else [],
+    }
+
+
+def _linear(start, stop, count):
+    return [start + (stop - start) * i / (count - 1) for i in range(count)]
+
+
+def make_metrics():
+    """Iterative wins on test ELBO (by > 2 combined SEs over every method); on log p(x) it ties semi-amortized."""
+    grid_x = _linear(-3.0, 3.0, 12)
+    grid_y = _linear(-2.0, 2.0, 10)
+    steps = list(range(51))
+    return {
+        "config": {
+            "model": "vae", "dataset": "mnist5k", "epochs": 3, "iterations": K, "seed": 7, "latent_dim": 2,
+            "hidden": 16, "batch_size": 8, "lr": 0.001, "is_samples": 500, "eval_datapoints": 50,
+            "ll_datapoints": 100, "gap_datapoints": 20, "binarize": "dynamic", "device": "cpu",
+            "command": "pyro-iterative compare --epochs 3 --seed 7 --out runs/test",
+            "versions": {"pyro_iterative": "0.1.0", "pyro": "1.9.1", "torch": "2.5.0", "python": "3.11.7"},
+            "machine": "test machine, 2 cores",
+        },
+        "methods": {
+            "standard": _method("Standard encoder", -99.0, 1.0, -93.0, 1.0, 4.0, 100_000, 2, 10.0, 0.0001),
+            "iterative": _method("Iterative (K=3)", -95.3, 0.9, -90.1, 0.8, 2.1, 102_000, 8, 30.0, 0.0004),
+            "semi_amortized": _method("Semi-amortized", -98.0, 0.8, -90.5, 0.9, 1.0, 100_000, 42, 60.0, 0.002),
+            "per_datapoint": _method("Per-datapoint", -101.0, 1.2, -92.0, 1.1, 0.0, 0, 400, 0.0, 0.01,
+                                     history=False),
+        },
+        "figures": {
+            "optimizer_comparison": {
+                "datapoints": 20,
+                "curves": {
+                    "iterative": {"steps": [0, 1, 2, 3], "mean": [-300.0, -120.0, -100.0, -96.0],
+                                  "se": [5.0, 1.0, 1.0, 0.9]},
+                    "sgd": {"steps": steps, "mean": _linear(-300.0, -110.0, 51), "se": [1.0] * 51, "lr": 0.001},
+                    "momentum": {"steps": steps, "mean": _linear(-300.0, -100.0, 51), "se": [1.0] * 51,
+                                 "lr": 0.001},
+                    "rmsprop": {"steps": steps, "mean": _linear(-300.0, -95.0, 51), "se": [1.0] * 51, "lr": 0.001},
+                    "adam": {"steps": steps, "mean": _linear(-300.0, -90.0, 51), "se": [1.0] * 51, "lr": 0.01},
+                },
+            },
+            "reconstructions": {
+                "data": [[(i % 28) / 27.0 for i in range(784)], [(i // 28) / 27.0 for i in range(784)]],
+                "iterations": [[[t / K] * 784, [1.0 - t / K] * 784] for t in range(K + 1)],
+            },
+            "posterior_2d": {
+                "grid_x": grid_x, "grid_y": grid_y,
+                "log_density": [[-0.5 * ((x - 1.0) ** 2 + 4 * y ** 2) * 10 - 100 for x in grid_x] for y in grid_y],
+                "paths": {"iterative": [[-2.0, 1.5], [0.0, 0.5], [0.8, 0.1], [1.0, 0.0]],
+                          "gradient ascent": [[-2.0, 1.5], [-1.5, 1.2], [-1.0, 1.0], [-0.5, 0.7], [0.0, 0.4]]},
+            },
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def plotted(tmp_path_factory):
+    pytest.importorskip("matplotlib")
+    from pyro_iterative.experiments.plots import plot_all
+
+    out_dir = tmp_path_factory.mktemp("figures")
+    metrics = make_metrics()
+    return metrics, out_dir, plot_all(metrics, out_dir)
+
+
+def test_all_four_figures_are_valid_pngs(plotted):
+    import matplotlib.image
+
+    _, out_dir, figures = plotted
+    assert list(figures) == ["optimizer_comparison", "reconstructions", "posterior_2d", "training_curves"]
+    for name, path in figures.items():
+        assert path == out_dir / f"{name}.png"
+        assert path.read_bytes()[:8] == PNG_MAGIC
+        image = matplotlib.image.imread(path)
+        assert image.ndim == 3 and image.shape[0] > 0 and image.shape[1] > 0
+
+
+def test_figures_without_data_are_skipped(tmp_path):
+    pytest.importorskip("matplotlib")
+    from pyro_iterative.experiments.plots import plot_all
+
+    metrics = make_metrics()
+    del metrics["figures"]["posterior_2d"]
+    del metrics["figures"]["optimizer_comparison"]
+    for method in metrics["methods"].values():
+        method["history"] = []
+    figures = plot_all(metrics, tmp_path)
+    assert list(figures) == ["reconstructions"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["reconstructions.png"]
+
+    assert plot_all({"config": {}, "methods": {}}, tmp_path / "empty") == {}
+    metrics["figures"]["reconstructions"]["data"] = [[0.5] * 10, [0.5] * 10]  # not pictures
+    assert plot_all(metrics, tmp_path / "flat") == {}
+
+
+def test_steps_to_reach():
+    assert steps_to_reach([-10.0, -5.0, -2.0, -1.0], target=-2.0) == 2
+    assert steps_to_reach([-10.0, -5.0, -2.5, -1.0], target=-2.0) == 3
+    assert steps_to_reach([-1.0, -5.0], target=-2.0) == 0
+    assert steps_to_reach([-10.0, -5.0, -3.0], target=-2.0) is None
+    assert steps_to_reach([], target=-2.0) is None
+    assert combined_se(0.3, 0.4) == pytest.approx(0.5)
+    assert combined_se(0.3, None) is None
+
+
+def test_table_has_one_row_per_method_with_formatted_numbers():
+    table = format_table(make_metrics())
+    lines = table.splitlines()
+    assert len(lines) == 2 + 4
+    assert lines[0].startswith("| Method")
+    assert "Test ELBO (nats)" in lines[0] and "500 IS samples" in lines[0]
+    assert "-95.30 ± 0.90" in table and "-90.10 ± 0.80 (n=100)" in table and "2.10 ± 0.10" in table
+    assert "102,000" in table and "0.4" in table  # 0.0004 s = 0.4 ms
+    assert len({len(line) for line in lines}) == 1  # aligned for the terminal
+
+
+def test_report_contents(plotted):
+    metrics, out_dir, figures = plotted
+    text = write_report(metrics, out_dir, figures).read_text(encoding="utf-8")
+    assert text.startswith("# ")
+    assert metrics["config"]["command"] in text
+    setup = ["mnist5k", "seed 7", "torch 2.5.0", "test machine, 2 cores", "log p(x) on 100 datapoints, 500 importance"]
+    for needle in setup:
+        assert needle in text
+    assert format_table(metrics) in text
+    for method in metrics["methods"].values():
+        assert method["label"] in text
+    assert "-95.30 ± 0.90" in text
+
+    # Test ELBO: iterative beats every method by more than 2 combined SEs; runner-up is semi-amortized.
+    margin, se = -95.3 - -98.0, math.sqrt(0.9**2 + 0.8**2)
+    assert margin > 2 * se
+    assert (f"On test ELBO, Iterative (K=3) won with -95.30 ± 0.90 nats, {margin:.2f} nats above the runner-up "
+            f"Semi-amortized") in text
+    # log p(x): iterative -90.1 +- 0.8 against semi-amortized -90.5 +- 0.9 is a tie.
+    assert "On log-likelihood, Iterative (K=3) had the highest mean" in text
+    assert "not distinguishable from Semi-amortized" in text
+    # Iterative against the standard encoder: parameter ratio, difference, cost.
+    assert "ratio 1.020, matched within 5%" in text
+    assert "higher (better) by 3.70 nats; combined SE 1.35, so the difference exceeds 2 combined SEs" in text
+    assert "8 decoder passes per datapoint against 2 (4.0x)" in text
+    assert "0.4 ms of inference per datapoint against 0.1 ms (4.0x)" in text
+
+    # Figures: relative links, and steps to reach the iterative model's final ELBO (-96).
+    for name in figures:
+        assert f"]({name}.png)" in text
+    assert "](/" not in text and str(out_dir) not in text
+    adam_step = steps_to_reach(metrics["figures"]["optimizer_comparison"]["curves"]["adam"]["mean"], -96.0)
+    assert adam_step is not None and 0 < adam_step < 50
+    assert f"- Adam (lr=0.01): {adam_step} steps" in text
+    assert "- SGD (lr=0.001): not reached in 50 steps" in text
+
+
+def test_report_with_only_iterative_and_missing_figures(tmp_path):
+    metrics = make_metrics()
+    metrics["methods"] = {"iterative": metrics["methods"]["iterative"]}
+    figures = {"reconstructions": tmp_path / "reconstructions.png"}
+    text = write_report(metrics, tmp_path, figures).read_text(encoding="utf-8")
+    assert "Iterative (K=3)" in text and "Standard encoder" not in text
+    assert "only Iterative (K=3) was measured" in text
+    assert "no standard encoder" in text
+    assert "](reconstructions.png)" in text
+    for name in ["optimizer_comparison", "posterior_2d", "training_curves"]:
+        assert f"]({name}.png)" not in text
+    assert " won with " not in text
+
+
+def test_report_states_a_tie_on_test_elbo(tmp_path):
+    metrics = make_metrics()
+    metrics["methods"]["standard"]["test_elbo"] = -96.0  # 0.7 nats below iterative, combined SE 1.35
+    text = write_report(metrics, tmp_path, {}).read_text(encoding="utf-8")
+    assert "On test ELBO, Iterative (K=3) had the highest mean" in text
+    assert "not distinguishable from Standard encoder" in text
+    assert "higher (better) by 0.70 nats; combined SE 1.35, within 2 combined SEs (2.69): not distinguishable" in text
+    assert "![" not in text
+
+
+def test_report_names_a_clear_winner_other_than_iterative(tmp_path):
+    metrics = make_metrics()
+    metrics["methods"]["per_datapoint"]["test_elbo"] = -80.0
+    text = write_report(metrics, tmp_path, {}).read_text(encoding="utf-8")
+    assert "On test ELBO, Per-datapoint won with -80.00 ± 1.20 nats, 15.30 nats above the runner-up Iterative" in text
+    assert "so the difference exceeds 2 combined SEs" in text
+
+
+def test_report_does_not_need_matplotlib(tmp_path):
+    metrics = copy.deepcopy(make_metrics())
+    del metrics["figures"]
+    path = write_report(metrics, tmp_path / "nested", {})
+    assert path.name == "report.md" and path.exists()
+
+
+def test_table_shows_perplexity_for_bag_of_words_runs():
+    metrics = {"config": {}, "methods": {"iterative": {"label": "Iterative (K=5)", "test_elbo": -100.0,
+                                                        "test_elbo_se": 1.0, "perplexity": 94.04,
+                                                        "perplexity_ll": 90.0}}}
+    table = format_table(metrics)
+    assert "Perplexity (ELBO)" in table and "94.0" in table and "90.0" in table
+    assert "Perplexity" not in format_table({"config": {}, "methods": {"a": {"test_elbo": -1.0}}})
