@@ -7,16 +7,24 @@ re-exported here next to :class:`BagOfWords`.
 from pyro_iterative.data import load_counts, synthetic_corpus
 
 from .bag_of_words import BagOfWords, perplexity
+from .factor_analysis import FactorAnalysis
 from .gaussian_vae import GaussianVAE
 from .hierarchical_vae import HierarchicalVAE
 from .linear_gaussian import LinearGaussian, synthetic_linear_gaussian
+from .mixed_vae import MixedVAE
+from .poisson_gamma import PoissonGamma
+from .prod_lda import ProdLDA
 from .vae import VAE
 
 __all__ = [
     "BagOfWords",
+    "FactorAnalysis",
     "GaussianVAE",
     "HierarchicalVAE",
     "LinearGaussian",
+    "MixedVAE",
+    "PoissonGamma",
+    "ProdLDA",
     "VAE",
     "load_counts",
     "perplexity",

@@ -97,17 +97,23 @@ class AmortizationGap:
         return (means[1:] - means[:-1]) / total
 
 
-def elbo_per_iteration(guide: LocalGuide, *args, num_iterations: int | None = None, **kwargs) -> Estimate:
+def elbo_per_iteration(
+    guide: LocalGuide, *args, num_iterations: int | None = None, num_particles: int | None = None, **kwargs
+) -> Estimate:
     """The guide's per-datapoint ELBO at every inference iteration: values of shape ``(K + 1, batch)``.
+
+    With ``num_particles``, every iteration's q is scored with that many samples and common random numbers
+    (see :meth:`~pyro_iterative.guides.base.LocalGuide.elbo_trajectory`).
 
     Usage::
 
         estimate = elbo_per_iteration(guide, x_test)
         estimate.mean, estimate.standard_error    # one entry per iteration 0..K
+        elbo_per_iteration(guide, x_test, num_particles=50).mean   # resolved to hundredths of a nat
     """
-    values = guide.elbo_trajectory(*args, num_iterations=num_iterations, **kwargs)
+    values = guide.elbo_trajectory(*args, num_iterations=num_iterations, num_particles=num_particles, **kwargs)
     cost = guide.inference_cost(num_iterations)
-    return Estimate(values, ModelPasses(cost.forward + 1, cost.backward))
+    return Estimate(values, ModelPasses(cost.forward + (num_particles or 1), cost.backward))
 
 
 def log_likelihood(

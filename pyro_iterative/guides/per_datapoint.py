@@ -107,12 +107,18 @@ class PerDatapointGuide(AutoNormal):
         """No model passes for its training datapoints (q is stored); new data needs :func:`optimize_local`."""
         return ModelPasses(forward=0, backward=0)
 
-    def elbo_trajectory(self, *args, num_iterations: int | None = None, **kwargs) -> torch.Tensor:
-        """Per-datapoint ELBO of the stored q of the batch the model draws, shape ``(1, batch)``."""
+    def elbo_trajectory(
+        self, *args, num_iterations: int | None = None, num_particles: int | None = None, **kwargs
+    ) -> torch.Tensor:
+        """Per-datapoint ELBO of the stored q of the batch the model draws, shape ``(1, batch)``: one sample, or the
+        mean of ``num_particles`` samples."""
         if num_iterations:
             raise ValueError(f"{type(self).__name__} stores q; num_iterations does not apply.")
         self.setup(*args, **kwargs)
-        with torch.no_grad(), poutine.block():
-            guide_trace = poutine.trace(self).get_trace(*args, **kwargs)
-            model_trace = poutine.trace(poutine.replay(self.model, trace=guide_trace)).get_trace(*args, **kwargs)
-        return per_datapoint_elbo(model_trace, guide_trace, self.layout.plate).unsqueeze(0)
+        estimates = []
+        for _ in range(num_particles or 1):
+            with torch.no_grad(), poutine.block():
+                guide_trace = poutine.trace(self).get_trace(*args, **kwargs)
+                model_trace = poutine.trace(poutine.replay(self.model, trace=guide_trace)).get_trace(*args, **kwargs)
+            estimates.append(per_datapoint_elbo(model_trace, guide_trace, self.layout.plate))
+        return torch.stack(estimates).mean(0, keepdim=True)

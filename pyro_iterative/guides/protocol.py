@@ -48,7 +48,9 @@ class TrainableGuide(Protocol):
     def inference_cost(self, num_iterations: int | None = None) -> ModelPasses:
         """Model (decoder) passes per datapoint this guide spends to produce q for a batch."""
 
-    def elbo_trajectory(self, *args, num_iterations: int | None = None, **kwargs) -> torch.Tensor:
+    def elbo_trajectory(
+        self, *args, num_iterations: int | None = None, num_particles: int | None = None, **kwargs
+    ) -> torch.Tensor:
         """Per-datapoint ELBO at every lambda the guide visits, ``(number of lambdas, batch)``."""
 
     def count_inference_parameters(self) -> int:

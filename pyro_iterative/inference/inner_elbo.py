@@ -134,7 +134,10 @@ class InnerELBO:
 
     ``ELBO_i = E_q[log p(x_i, z_i | globals) - log q(z_i)]``, summed over every site inside the data plate
     (global latents are held at given values and their terms are left out), estimated with
-    ``num_particles`` reparameterized samples drawn in a vectorized particle plate.
+    ``num_particles`` reparameterized samples drawn in a vectorized particle plate, or one at a time for a model
+    that cannot run with a particle dimension (a decoder with batch normalisation takes ``(batch, features)`` only):
+    with ``vectorize=None`` (the default) the first call tries the plate and, if the model fails under it, every
+    call from then on draws the particles one at a time.
 
     Calls take the fast path (see the module docstring) unless ``fast=False``; both give the same values
     from the same random draws, and :meth:`trace` always takes the general path.
@@ -149,23 +152,30 @@ class InnerELBO:
     :param layout: the model's :class:`~pyro_iterative.inference.sites.SiteLayout`.
     :param num_particles: number of samples per datapoint.
     :param fast: score the model with :class:`ReplayScorer` instead of building traces.
+    :param vectorize: draw the particles in a vectorized plate (``True``), one at a time (``False``), or try the
+        plate first (``None``).
     """
 
-    def __init__(self, model: Callable, layout: SiteLayout, num_particles: int = 1, *, fast: bool = True) -> None:
+    def __init__(
+        self, model: Callable, layout: SiteLayout, num_particles: int = 1, *, fast: bool = True,
+        vectorize: bool | None = None,
+    ) -> None:
         if num_particles < 1:
             raise ValueError(f"num_particles must be at least 1, got {num_particles}.")
         self.model = model
         self.layout = layout
         self.num_particles = num_particles
         self.fast = fast
+        self.vectorize = vectorize
         # Sites whose model-trace entries the guides read: the data, the errors encoding's means.
         self._keep = frozenset(site.name for site in layout.observed_sites + layout.local_sites)
 
     @property
     def particle_dim(self) -> int | None:
         """Dim of the inner particle plate: left of the model's plates and of any plate active around the call
-        (such as SVI's own vectorized particles; Pyro's dim allocator is global, even under ``poutine.block``)."""
-        if self.num_particles == 1:
+        (such as SVI's own vectorized particles; Pyro's dim allocator is global, even under ``poutine.block``).
+        ``None`` for one particle, or when the particles are drawn one at a time."""
+        if self.num_particles == 1 or self.vectorize is False:
             return None
         active = len(_DIM_ALLOCATOR._stack)
         return -(max(self.layout.max_plate_nesting, active) + 1)
@@ -231,6 +241,19 @@ class InnerELBO:
         return scorer.log_density - log_q, scorer.trace
 
     def _log_weights(self, args, kwargs, params, batch, global_values, check_data=False) -> tuple[torch.Tensor, Trace]:
+        """``([particles,] batch)`` log-weights (the particle dim when there are several) and a model trace."""
+        if self.num_particles > 1 and self.vectorize is None:
+            try:
+                return self._log_weights_once(args, kwargs, params, batch, global_values, check_data)
+            except (RuntimeError, ValueError, IndexError):  # e.g. a decoder that takes (batch, features) only
+                self.vectorize = False  # from now on, one particle at a time (a genuine error is raised again there)
+        if self.num_particles > 1 and self.vectorize is False:
+            runs = [self._log_weights_once(args, kwargs, params, batch, global_values, check_data and not i)
+                    for i in range(self.num_particles)]
+            return torch.stack([weights for weights, _ in runs]), runs[0][1]
+        return self._log_weights_once(args, kwargs, params, batch, global_values, check_data)
+
+    def _log_weights_once(self, args, kwargs, params, batch, global_values, check_data) -> tuple[torch.Tensor, Trace]:
         if self.fast:
             return self._score(args, kwargs, params, batch, global_values, check_data)
         guide_trace, model_trace = self.trace(args, kwargs, params, batch, global_values)
@@ -255,7 +278,7 @@ class InnerELBO:
         With ``check_data``, observed values in the data plate are checked to be finite first.
         """
         weights, model_trace = self._log_weights(args, kwargs, params, batch, global_values, check_data)
-        return (weights.mean(0) if self.particle_dim is not None else weights), model_trace
+        return (weights.mean(0) if self.num_particles > 1 else weights), model_trace
 
     def log_weights(
         self,
@@ -267,7 +290,7 @@ class InnerELBO:
     ) -> torch.Tensor:
         """``(num_particles, batch)`` importance log-weights ``log p(x_i, z) - log q(z)``, one per sample."""
         weights, _ = self._log_weights(args, kwargs, params, batch, global_values)
-        return weights if self.particle_dim is not None else weights.unsqueeze(0)
+        return weights if self.num_particles > 1 else weights.unsqueeze(0)
 
 
 def check_observations(model_trace: Trace, layout: SiteLayout) -> None:
