@@ -13,6 +13,7 @@ from typing import Callable
 from .guides.amortized import AmortizedGuide
 from .guides.iterative import IterativeGuide
 from .guides.protocol import TrainableGuide
+from .inference.networks import DEFAULT_HIDDEN_LAYERS
 
 __all__ = [
     "inference_parameters",
@@ -62,7 +63,7 @@ def matched_amortized_guide(
     reference.setup(*args, **kwargs)
     target = inference_parameters(reference)
     options = dict(guide_options or {})
-    layers = num_layers or len(reference.hidden_sizes)
+    layers = num_layers or (len(reference.hidden_sizes) if reference.hidden_sizes else DEFAULT_HIDDEN_LAYERS)
 
     def count(width: int) -> int:
         # The networks alone, for the reference's layout: the model need not run again.

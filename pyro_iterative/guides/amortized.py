@@ -14,7 +14,9 @@ from torch import nn
 
 from ..inference.batch import Batch
 from ..inference.cost import ModelPasses
-from ..inference.networks import mlp
+from ..inference.encodings import encode_data
+from ..inference.networks import DEFAULT_HIDDEN_LAYERS, auto_width, mlp, shrink_output
+from ..inference.parameters import initial_lambda
 from ..inference.sites import SiteLayout
 from .base import LocalGuide, Refinement
 
@@ -40,14 +42,25 @@ class AmortizedGuide(LocalGuide):
     (no backward pass); :meth:`inference_cost` counts it.
 
     :param callable model: a Pyro model with its datapoints in a ``pyro.plate``.
-    :param hidden_sizes: widths of the encoder's hidden ELU layers.
+    :param hidden_sizes: widths of the encoder's hidden ELU layers; by default two layers of
+        :func:`~pyro_iterative.inference.networks.auto_width` of what the encoder reads and writes.
+    :param str data_encoding: how the encoder reads the observed values, a name from
+        :data:`~pyro_iterative.inference.encodings.DATA_ENCODINGS` (default ``"symlog"``; ``"none"``: as they are).
+    :param bool small_init: start with a zero output layer whose bias is lambda_0, so that a new encoder's q is
+        ``init_loc``/``init_scale`` whatever the data (``False``: PyTorch's default initialisation).
     :param kwargs: ``plate_name``, ``num_particles``, ``init_loc``, ``init_scale``, ``global_init_scale``,
         ``create_plates``, ``observe``; see :class:`~pyro_iterative.guides.base.LocalGuide`.
     """
 
-    def __init__(self, model: Callable, *, hidden_sizes: Sequence[int] = (512, 512), **kwargs) -> None:
+    def __init__(
+        self, model: Callable, *, hidden_sizes: Sequence[int] | None = None, data_encoding: str = "symlog",
+        small_init: bool = True, **kwargs,
+    ) -> None:
+        encode_data(data_encoding, torch.zeros(1))  # validates the name
         super().__init__(model, **kwargs)
-        self.hidden_sizes = tuple(hidden_sizes)
+        self.hidden_sizes = None if hidden_sizes is None else tuple(hidden_sizes)
+        self.data_encoding = data_encoding
+        self.small_init = bool(small_init)
 
     @classmethod
     def build_encoder(cls, layout: SiteLayout, hidden_sizes: Sequence[int]) -> nn.Sequential:
@@ -68,15 +81,22 @@ class AmortizedGuide(LocalGuide):
         return mlp(layout.data_size, tuple(hidden_sizes), sum(2 * site.size for site in layout.local_sites))
 
     def _setup_networks(self, layout: SiteLayout) -> None:
+        widths = sum(2 * site.size for site in layout.local_sites)
+        hidden = self.hidden_sizes or (auto_width(layout.data_size + widths),) * DEFAULT_HIDDEN_LAYERS
+        self.hidden_sizes = tuple(hidden)
         # A plain nn.Sequential: reading the attribute registers its parameters with Pyro (pyro.module).
-        self.encoder = self.build_encoder(layout, self.hidden_sizes)
+        self.encoder = self.build_encoder(layout, hidden)
+        if self.small_init:
+            start = torch.cat([lam[0] for lam in initial_lambda(layout, 1, torch.zeros(()), self.init_loc,
+                                                               self.init_scale).values()])
+            shrink_output(self.encoder[-1], bias=start)
 
     def _encode(
         self, args: tuple, kwargs: dict, batch: Batch, global_values: dict[str, torch.Tensor]
     ) -> dict[str, torch.Tensor]:
         """lambda for every local site, ``(batch, 2 * size)``, from one pass of the encoder."""
         encoder = self.encoder
-        outputs = encoder(self._read_data(args, kwargs, batch, global_values))
+        outputs = encoder(encode_data(self.data_encoding, self._read_data(args, kwargs, batch, global_values)))
         sites = self.layout.local_sites
         return dict(zip((s.name for s in sites), outputs.split([2 * s.size for s in sites], dim=-1)))
 

@@ -15,9 +15,9 @@ from torch.utils.checkpoint import checkpoint
 
 from ..inference.batch import Batch
 from ..inference.cost import ModelPasses
-from ..inference.encodings import encode_gradient, encoded_size, prediction_errors
+from ..inference.encodings import encode_data, encode_gradient, encoded_size, prediction_errors
 from ..inference.gradient import elbo_gradient
-from ..inference.networks import GatedUpdate
+from ..inference.networks import DEFAULT_HIDDEN_LAYERS, GatedUpdate, auto_width
 from ..inference.sites import SiteLayout
 from .base import LocalGuide, Refinement
 
@@ -69,7 +69,9 @@ class IterativeGuide(LocalGuide):
     :param callable model: a Pyro model with its datapoints in a ``pyro.plate``; local latents and
         observations inside it, global latents outside it.
     :param int num_iterations: inference iterations per call (the paper uses 5).
-    :param hidden_sizes: widths of the update networks' hidden ELU layers.
+    :param hidden_sizes: widths of the update networks' hidden ELU layers; by default two layers of
+        :func:`~pyro_iterative.inference.networks.auto_width` of what each site's network reads and writes (512 for
+        the paper's MNIST model, 64 for a model with 7 observed values and 3 latents).
     :param encode: what the update networks see besides lambda: any of ``"gradient"`` (the ELBO gradient),
         ``"data"`` (the datapoint's observed values, all observed sites in the plate, flattened) and
         ``"errors"`` (the paper's variant for hierarchical models: observations minus their predicted means
@@ -78,6 +80,11 @@ class IterativeGuide(LocalGuide):
     :param str gradient_encoding: a name from :data:`~pyro_iterative.inference.encodings.GRADIENT_ENCODINGS`:
         ``"log_sign"`` (log-magnitude and sign, the paper's MNIST choice) or ``"layer_norm"`` (standardised per
         datapoint).
+    :param str data_encoding: how the networks read the observed values, a name from
+        :data:`~pyro_iterative.inference.encodings.DATA_ENCODINGS`: ``"symlog"`` (``sign(x) log(1 + |x|)``, the
+        default: counts in the hundreds and raw measurements are safe) or ``"none"`` (as they are, as in the paper).
+    :param bool small_init: start every update as a small step (gate near 1, zero output weights), so that an
+        untrained guide keeps q near lambda_0 (``False``: PyTorch's default initialisation, as in the paper's code).
     :param int num_particles: samples per datapoint in the inner ELBO estimate.
     :param bool low_memory: keep only each update's inputs (lambda, the raw gradient) for the backward pass
         and recompute the update networks' activations there (``torch.utils.checkpoint``): training
@@ -92,9 +99,11 @@ class IterativeGuide(LocalGuide):
         model: Callable,
         *,
         num_iterations: int = 5,
-        hidden_sizes: Sequence[int] = (512, 512),
+        hidden_sizes: Sequence[int] | None = None,
         encode: Sequence[str] = ("gradient", "data"),
         gradient_encoding: str = "log_sign",
+        data_encoding: str = "symlog",
+        small_init: bool = True,
         num_particles: int = 1,
         low_memory: bool = False,
         **kwargs,
@@ -104,11 +113,14 @@ class IterativeGuide(LocalGuide):
         if not encode or set(encode) - set(ENCODABLE):
             raise ValueError(f"encode must be a non-empty subset of {tuple(ENCODABLE)}, got {encode}.")
         encoded_size(gradient_encoding, 1)  # validates the name
+        encode_data(data_encoding, torch.zeros(1))  # validates the name
         super().__init__(model, num_particles=num_particles, **kwargs)
         self.num_iterations = num_iterations
-        self.hidden_sizes = tuple(hidden_sizes)
+        self.hidden_sizes = None if hidden_sizes is None else tuple(hidden_sizes)
         self.encode = encode
         self.gradient_encoding = gradient_encoding
+        self.data_encoding = data_encoding
+        self.small_init = bool(small_init)
         self.low_memory = bool(low_memory)
 
     @staticmethod
@@ -127,7 +139,8 @@ class IterativeGuide(LocalGuide):
                 inputs += layout.data_size + sum(other.value_size for other in layout.local_sites)
             # The data is the same at every iteration: its first-layer projection is computed once per call.
             constant = layout.data_size if "data" in self.encode else 0
-            updates.append(GatedUpdate(inputs, width, self.hidden_sizes, constant_features=constant))
+            hidden = self.hidden_sizes or (auto_width(layout.data_size + width),) * DEFAULT_HIDDEN_LAYERS
+            updates.append(GatedUpdate(inputs, width, hidden, constant_features=constant, small_init=self.small_init))
         # A plain nn.ModuleList: reading the attribute registers its parameters with Pyro (pyro.module).
         self.update_nets = nn.ModuleList(updates)
 
@@ -166,7 +179,7 @@ class IterativeGuide(LocalGuide):
                 elbos.append(elbo.detach())
                 path.append({name: value.detach() for name, value in leaves.items()})
             if t == 0 and "data" in self.encode:
-                data = self._observed_data(model_trace).to(like.dtype)
+                data = encode_data(self.data_encoding, self._observed_data(model_trace).to(like.dtype))
                 projected = [net.project(data) for net in nets]
             if "errors" in self.encode:
                 errors = prediction_errors(model_trace, self.layout, self._inner_elbo.particle_dim).detach()

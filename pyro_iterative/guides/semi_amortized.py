@@ -26,26 +26,37 @@ __all__ = [
 class SemiAmortizedGuide(AmortizedGuide):
     """An encoder's q refined by ``num_steps`` steps of gradient ascent on the ELBO, per datapoint.
 
-    lambda_0 comes from the encoder; each step estimates the per-datapoint ELBO with Pyro traces, clips
-    each datapoint's gradient to norm ``max_grad_norm``, and takes an SGD step with momentum:
-    ``v <- momentum * v + g``, ``lambda <- lambda + lr * v``. The defaults are Kim et al.'s
-    (lr 1, momentum 0.5, clip 5). The model is always trained at the refined q (its gradient is the
-    final ELBO's, with q held fixed). The encoder is trained
+    lambda_0 comes from the encoder; each step estimates the per-datapoint ELBO, clips each datapoint's gradient to
+    norm ``max_grad_norm`` and moves lambda along it. The model is always trained at the refined q (its gradient is
+    the final ELBO's, with q held fixed). Two step rules:
+
+    - ``adaptive=True`` (the default): each datapoint keeps its own step size, starting at ``lr``. A step is kept
+      only if it raises that datapoint's ELBO, judged on a fresh draw of the noise shared by the old and the new
+      lambda (common random numbers, independent of the draw that gave the gradient, so the test is fair); the step
+      size then grows by 1.2, otherwise the step is undone and the step size halves. Steps that overshoot on a model
+      of high curvature are undone and the step size shrinks to the model's scale: no step size is tuned per model.
+      The test costs two forward passes of the model per step.
+    - ``adaptive=False``: plain SGD with momentum, ``v <- momentum * v + g``, ``lambda <- lambda + lr * v``; Kim et
+      al.'s SA-VAE used ``lr=1.0, momentum=0.5, max_grad_norm=5.0``, which diverges on models of higher curvature.
+
+    The encoder is trained
 
     - with ``backprop=True`` (SA-VAE): on the final ELBO, back-propagated through the unrolled steps
-      (Hessian-vector products with respect to lambda; one extra ELBO gradient per training call);
+      (Hessian-vector products with respect to lambda);
     - with ``backprop=False`` (Krishnan et al.): on the ELBO of its own output lambda_0.
 
     Usage::
 
-        guide = SemiAmortizedGuide(model, num_steps=5, backprop=True, observe=lambda idx, x, **kw: x[idx])
+        guide = SemiAmortizedGuide(model, num_steps=5, observe=lambda idx, x, **kw: x[idx])
         svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
         guide.elbo_trajectory(x_test)   # shape (num_steps + 1, batch)
+        sa_vae = SemiAmortizedGuide(model, adaptive=False, lr=1.0, momentum=0.5)   # Kim et al.'s rule
 
     :param int num_steps: refinement steps per call; may be changed after training.
-    :param float lr: step size.
-    :param float momentum: momentum of the steps.
+    :param float lr: step size (with ``adaptive``, each datapoint's initial step size).
+    :param float momentum: momentum of the steps (with ``adaptive``, reset where a step is undone).
     :param float max_grad_norm: each datapoint's gradient is clipped to this norm (``None``: no clipping).
+    :param bool adaptive: per-datapoint step sizes with steps taken only where they raise the ELBO.
     :param bool backprop: SA-VAE training (through the steps) or Krishnan et al. (encoder on its own ELBO).
     :param kwargs: ``hidden_sizes`` and the options of :class:`~pyro_iterative.guides.amortized.AmortizedGuide`.
     """
@@ -55,9 +66,10 @@ class SemiAmortizedGuide(AmortizedGuide):
         model: Callable,
         *,
         num_steps: int = 5,
-        lr: float = 1.0,
-        momentum: float = 0.5,
+        lr: float = 0.1,
+        momentum: float = 0.0,
         max_grad_norm: float | None = 5.0,
+        adaptive: bool = True,
         backprop: bool = True,
         **kwargs,
     ) -> None:
@@ -72,6 +84,7 @@ class SemiAmortizedGuide(AmortizedGuide):
         self.lr = float(lr)
         self.momentum = float(momentum)
         self.max_grad_norm = max_grad_norm
+        self.adaptive = bool(adaptive)
         self.backprop = bool(backprop)
 
     @staticmethod
@@ -80,9 +93,11 @@ class SemiAmortizedGuide(AmortizedGuide):
             raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}.")
 
     def inference_cost(self, num_iterations: int | None = None) -> ModelPasses:
-        """``num_steps`` forward and backward passes, plus one forward pass to read the data without ``observe``."""
+        """One forward and backward pass per step, two more forward passes per step with ``adaptive`` (its test),
+        and one forward pass to read the data without ``observe``."""
         steps = self.num_steps if num_iterations is None else num_iterations
-        return ModelPasses(forward=steps + self._reads_data_by_running_the_model(), backward=steps)
+        forward = steps * (3 if self.adaptive else 1) + self._reads_data_by_running_the_model()
+        return ModelPasses(forward=forward, backward=steps)
 
     def _clip(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:
         if self.max_grad_norm is None:
@@ -108,14 +123,30 @@ class SemiAmortizedGuide(AmortizedGuide):
         training = torch.is_grad_enabled()
         unroll = training and self.backprop
         start = {name: value.detach().requires_grad_(unroll) for name, value in encoded.items()}
-        lam = dict(start)
+
+        def gradient(lam: dict[str, torch.Tensor]):
+            leaves = lam if unroll else {name: value.detach().requires_grad_() for name, value in lam.items()}
+            step = elbo_gradient(self._inner_elbo, args, kwargs, leaves, batch, global_values, create_graph=unroll)
+            return leaves, self._count_nonfinite(step)
+
+        def paired(first: dict, second: dict) -> tuple[torch.Tensor, torch.Tensor]:
+            # Both ELBOs from one fresh draw of the noise (common random numbers), so that their difference is
+            # the steps' effect, not noise; the gradient that chose the step used other draws, so this is a fair test.
+            seed = int(torch.randint(0, 2**62, ()))
+            elbos = []
+            for lam in (first, second):
+                with torch.no_grad(), torch.random.fork_rng(devices=devices):
+                    torch.manual_seed(seed)
+                    elbos.append(self._inner_elbo(args, kwargs, self._local_params(lam), batch, global_values)[0])
+            return elbos[0], elbos[1]
+
+        device = next(iter(start.values())).device
+        devices = [device] if device.type == "cuda" else []
+        lam, (leaves, step) = dict(start), gradient(start)
         velocity = {name: torch.zeros_like(value) for name, value in start.items()}
+        size = torch.full_like(step.elbo.detach(), self.lr).unsqueeze(-1)
         elbos, path, network_loss = [], [], None
         for t in range(num_steps):
-            leaves = lam if unroll else {name: value.detach().requires_grad_() for name, value in lam.items()}
-            step = self._count_nonfinite(
-                elbo_gradient(self._inner_elbo, args, kwargs, leaves, batch, global_values, create_graph=unroll)
-            )
             grads = [step.grads[name] for name in names]
             if record:
                 elbos.append(step.elbo.detach())
@@ -123,17 +154,28 @@ class SemiAmortizedGuide(AmortizedGuide):
             if training and not self.backprop and t == 0:
                 # Krishnan et al.: the encoder ascends the ELBO of its own output.
                 network_loss = -sum((grad.detach() * encoded[name]).sum(-1) for name, grad in zip(names, grads))
+            candidate = {}
             for name, grad in zip(names, self._clip(grads)):
                 velocity[name] = self.momentum * velocity[name] + grad
                 # datapoints with a non-finite gradient keep their previous estimate
-                lam[name] = step.keep_finite(leaves[name] + self.lr * velocity[name], leaves[name])
+                candidate[name] = step.keep_finite(leaves[name] + size * velocity[name], leaves[name])
+            if self.adaptive:
+                before, after = paired(leaves, candidate)
+                better = (after >= before).unsqueeze(-1)  # False where not finite
+                size = torch.where(better, size * 1.2, size * 0.5)
+                zero = torch.zeros_like
+                candidate = {name: torch.where(better, candidate[name], leaves[name]) for name in names}
+                velocity = {name: torch.where(better, velocity[name], zero(velocity[name])) for name in names}
+            lam = candidate
+            if t + 1 < num_steps or unroll:
+                leaves, step = gradient(lam)
         if unroll:
             # SA-VAE: the final ELBO's gradient w.r.t. lambda_K, pulled back through the steps to lambda_0.
+            outer = [step.grads[name].detach() for name in names]
             with torch.enable_grad():
-                final = {name: value.detach().requires_grad_() for name, value in lam.items()}
-                elbo, _ = self._inner_elbo(args, kwargs, self._local_params(final), batch, global_values)
-                outer = torch.autograd.grad(elbo.sum(), [final[name] for name in names])
-                pulled = torch.autograd.grad([lam[name] for name in names], [start[name] for name in names], outer)
+                pulled = torch.autograd.grad([lam[name] for name in names], [start[name] for name in names], outer,
+                                             allow_unused=True)
+            pulled = [torch.zeros_like(start[n]) if g is None else g for n, g in zip(names, pulled)]
             network_loss = -sum((grad.detach() * encoded[name]).sum(-1) for name, grad in zip(names, pulled))
         return Refinement(
             lam={name: value.detach() for name, value in lam.items()}, elbos=elbos, path=path, network_loss=network_loss

@@ -17,7 +17,9 @@ from pyro.poutine import Trace
 from .sites import SiteLayout
 
 __all__ = [
+    "DATA_ENCODINGS",
     "GRADIENT_ENCODINGS",
+    "encode_data",
     "encode_gradient",
     "encoded_size",
     "prediction_errors",
@@ -39,6 +41,29 @@ GRADIENT_ENCODINGS: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], int]
     "log_sign": (_log_sign, 2),
     "layer_norm": (_layer_norm, 1),
 }
+
+
+#: name -> how the networks read a datapoint's observed values, coordinate by coordinate (never across the batch)
+DATA_ENCODINGS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    # sign(x) log(1 + |x|): the identity's shape near 0, logarithmic growth beyond, so counts in the hundreds or raw
+    # measurements of any magnitude reach the first layer at a scale an initialised network can take.
+    "symlog": lambda x: torch.sign(x) * torch.log1p(x.abs()),
+    "none": lambda x: x,
+}
+
+
+def encode_data(name: str, data: torch.Tensor) -> torch.Tensor:
+    """Encode a ``(batch, data_size)`` block of observed values for a network, coordinate by coordinate.
+
+    Usage::
+
+        encode_data("symlog", torch.tensor([[0.0, 1.0, 500.0]]))   # [[0.00, 0.69, 6.22]]
+
+    :param name: a key of :data:`DATA_ENCODINGS` (``"symlog"``: ``sign(x) log(1 + |x|)``; ``"none"``: as is).
+    """
+    if name not in DATA_ENCODINGS:
+        raise ValueError(f"Unknown data encoding '{name}'; choose one of {sorted(DATA_ENCODINGS)}.")
+    return DATA_ENCODINGS[name](data)
 
 
 def _lookup(name: str) -> tuple[Callable[[torch.Tensor], torch.Tensor], int]:

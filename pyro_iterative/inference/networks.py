@@ -7,15 +7,52 @@ the networks are fed (gradient and data encodings) is decided by the guides, not
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
 from torch import nn
 
 __all__ = [
+    "DEFAULT_HIDDEN_LAYERS",
     "GatedUpdate",
+    "auto_width",
     "mlp",
+    "shrink_output",
 ]
+
+#: hidden layers of a guide's networks when the user gives no ``hidden_sizes`` (the paper's networks have two)
+DEFAULT_HIDDEN_LAYERS = 2
+
+
+def auto_width(features: int, smallest: int = 32, largest: int = 512) -> int:
+    """The hidden width a guide uses when none is given: the power of two at or above ``4 * features`` (what a network
+    reads and writes per datapoint), clamped to ``[smallest, largest]``. The paper's MNIST networks (784 pixels)
+    get 512; a model with 7 observed values and 3 latents gets 64.
+
+    Usage::
+
+        auto_width(784 + 2 * 64)   # 512
+        auto_width(7 + 2 * 3)      # 64
+    """
+    if features < 1:
+        raise ValueError(f"features must be positive, got {features}.")
+    return min(largest, max(smallest, 1 << math.ceil(math.log2(4 * features))))
+
+
+def shrink_output(layer: nn.Linear, bias: torch.Tensor | float = 0.0, scale: float = 0.0) -> nn.Linear:
+    """Scale an output layer's initial weights by ``scale`` (default 0) and set its bias, so that a new network's
+    output starts at (near) ``bias`` whatever its input: an untrained guide then leaves q at lambda_0. The weights
+    still receive gradients (the hidden layers are random), so training is not slowed by symmetry. Returns the layer.
+
+    Usage::
+
+        head = shrink_output(nn.Linear(64, 4), bias=torch.tensor([0.0, 0.0, 0.0, 0.0]))
+    """
+    with torch.no_grad():
+        layer.weight.mul_(scale)
+        layer.bias.copy_(torch.as_tensor(bias, dtype=layer.bias.dtype).expand_as(layer.bias))
+    return layer
 
 
 def mlp(in_features: int, hidden_sizes: Sequence[int], out_features: int | None = None) -> nn.Sequential:
@@ -65,10 +102,14 @@ class GatedUpdate(nn.Module):
     :param out_features: width of ``lambda`` (location and log-scale of every coordinate).
     :param hidden_sizes: widths of the hidden ELU layers.
     :param constant_features: width of the constant input (0: none).
+    :param small_init: start as a small step: the gate's bias at +2 (``g`` about 0.88), both heads' weights zero
+        and the proposal's bias zero, so that an untrained update only shrinks lambda towards 0 (lambda_0 of a
+        standard-normal q stays where it is; ``False``: PyTorch's default initialisation, as in the paper's code).
     """
 
     def __init__(
-        self, in_features: int, out_features: int, hidden_sizes: Sequence[int] = (512, 512), constant_features: int = 0
+        self, in_features: int, out_features: int, hidden_sizes: Sequence[int] = (512, 512), constant_features: int = 0,
+        *, small_init: bool = False,
     ) -> None:
         super().__init__()
         hidden_sizes = tuple(hidden_sizes)
@@ -84,6 +125,9 @@ class GatedUpdate(nn.Module):
         self.body = nn.Sequential(*layers)
         self.gate = nn.Linear(hidden_sizes[-1], out_features)
         self.delta = nn.Linear(hidden_sizes[-1], out_features)
+        if small_init:
+            shrink_output(self.gate, bias=2.0)
+            shrink_output(self.delta, bias=0.0)
 
     def project(self, constant: torch.Tensor) -> torch.Tensor:
         """The first layer's share of the constant input, ``(batch, hidden_sizes[0])``: pass it to every call."""

