@@ -3,6 +3,7 @@
 #   make install   create/reuse .venv, install CPU torch first, then the project in editable mode with [dev]
 #   make test      run the test suite (extra pytest arguments: make test PYTEST_ARGS="-k guide -x")
 #   make demo      run the comparison (pyro-iterative compare) and print where its report is
+#   make zoo       train every guide with its defaults on every model of the zoo (benchmarks/zoo.py; ZOO_ARGS="--quick")
 #   make lint      ruff check .
 #   make clean     remove .venv and build/test caches
 #
@@ -18,6 +19,7 @@ TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 BENCH_ARGS ?=
+ZOO_ARGS ?=
 PIP_FLAGS ?= -q
 
 VPY := $(VENV)/bin/python
@@ -31,7 +33,7 @@ export PIP_NO_INPUT := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_ROOT_USER_ACTION := ignore
 
-.PHONY: install test demo lint clean venv bench
+.PHONY: install test demo lint clean venv bench zoo
 
 install: $(STAMP)
 
@@ -56,6 +58,9 @@ demo: install
 
 bench: install
 	$(VPY) benchmarks/run_all.py $(BENCH_ARGS)
+
+zoo: install
+	cd benchmarks && $(abspath $(VPY)) zoo.py $(ZOO_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

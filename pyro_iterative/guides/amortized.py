@@ -54,7 +54,7 @@ class AmortizedGuide(LocalGuide):
 
     def __init__(
         self, model: Callable, *, hidden_sizes: Sequence[int] | None = None, data_encoding: str = "symlog",
-        small_init: bool = True, **kwargs,
+        small_init: bool = False, **kwargs,
     ) -> None:
         encode_data(data_encoding, torch.zeros(1))  # validates the name
         super().__init__(model, **kwargs)

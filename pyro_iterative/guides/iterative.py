@@ -103,7 +103,7 @@ class IterativeGuide(LocalGuide):
         encode: Sequence[str] = ("gradient", "data"),
         gradient_encoding: str = "log_sign",
         data_encoding: str = "symlog",
-        small_init: bool = True,
+        small_init: bool = False,
         num_particles: int = 1,
         low_memory: bool = False,
         **kwargs,

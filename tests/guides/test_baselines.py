@@ -174,13 +174,52 @@ def sgd_steps(model, guide, x, lam, create_graph):
     return lam
 
 
+def adaptive_steps(model, guide, x, lam, create_graph):
+    """The adaptive rule by hand: a step is kept where it does not lower the ELBO; step sizes grow or halve."""
+    size = torch.full((len(lam), 1), guide.lr, dtype=lam.dtype)
+    for _ in range(guide.num_steps):
+        if not create_graph:
+            lam = lam.detach().requires_grad_()
+        grad = torch.autograd.grad(elbo_at_mean(model, guide, x, lam).sum(), lam, create_graph=create_graph)[0]
+        candidate = lam + size * guide._clip([grad])[0]
+        better = (elbo_at_mean(model, guide, x, candidate) >= elbo_at_mean(model, guide, x, lam)).unsqueeze(-1)
+        size = torch.where(better, size * 1.2, size * 0.5)
+        lam = torch.where(better, candidate, lam)
+    return lam
+
+
+@pytest.mark.parametrize("backprop", [True, False])
+def test_adaptive_semi_amortized_training_signals_are_exact(monkeypatch, backprop):
+    """The default rule, noise-free: kept and undone steps route the same gradients as plain autograd."""
+    deterministic_samples(monkeypatch)
+    model = LinearGaussian.orthogonal(data_dim=6, latent_dim=2, seed=3, learn=True)
+    x = model.sample(16, seed=4).detach()
+    guide = SemiAmortizedGuide(model, num_steps=4, lr=0.5, backprop=backprop, hidden_sizes=(16,),
+                               data_encoding="none", small_init=False).setup(x)
+    encoder, decoder = list(guide.encoder.parameters()), list(model.parameters())
+    Trace_ELBO(max_plate_nesting=1).loss_and_grads(model, guide, x)
+    routed = [p.grad.clone() for p in encoder + decoder]
+    lam0 = guide.encoder(x)
+    lam_k = adaptive_steps(model, guide, x, lam0, create_graph=backprop)
+    kept = (lam_k.detach() != lam0.detach()).any(-1)
+    assert 0 < int(kept.sum()) and torch.isfinite(lam_k).all()  # some datapoints moved (and, at lr 0.5, not all)
+    objective = elbo_at_mean(model, guide, x, lam_k if backprop else lam0).sum()
+    want = list(torch.autograd.grad(-objective, encoder))
+    want += list(torch.autograd.grad(-elbo_at_mean(model, guide, x, lam_k.detach()).sum(), decoder))
+    for got, expected in zip(routed, want):
+        assert torch.allclose(got, expected, rtol=1e-6, atol=1e-8)
+    assert (elbo_at_mean(model, guide, x, lam_k) >= elbo_at_mean(model, guide, x, lam0) - 1e-9).all()
+
+
 @pytest.mark.parametrize("backprop", [True, False])
 def test_semi_amortized_training_signals_are_exact(monkeypatch, backprop):
     """Noise-free samples make every ELBO deterministic: compare the routed gradients with plain autograd."""
     deterministic_samples(monkeypatch)
     model = LinearGaussian.orthogonal(data_dim=6, latent_dim=2, seed=3, learn=True)
     x = model.sample(16, seed=4).detach()
-    guide = SemiAmortizedGuide(model, num_steps=3, lr=0.05, max_grad_norm=2.0, backprop=backprop, hidden_sizes=(16,))
+    # SA-VAE's fixed rule (the encoder reads the raw data here, as the reference below does)
+    guide = SemiAmortizedGuide(model, num_steps=3, lr=0.05, max_grad_norm=2.0, backprop=backprop, hidden_sizes=(16,),
+                               adaptive=False, momentum=0.5, data_encoding="none")
     guide.setup(x)
     encoder, decoder = list(guide.encoder.parameters()), list(model.parameters())
     Trace_ELBO(max_plate_nesting=1).loss_and_grads(model, guide, x)
@@ -218,6 +257,8 @@ def test_inference_costs(linear_gaussian):
     assert AmortizedGuide(model).inference_cost().forward == 1
     assert AmortizedGuide(model, observe=observe).inference_cost().total == 0
     cost = SemiAmortizedGuide(model, num_steps=4, observe=observe).inference_cost()
+    assert (cost.forward, cost.backward) == (12, 4)  # each adaptive step's test costs two forward passes
+    cost = SemiAmortizedGuide(model, num_steps=4, observe=observe, adaptive=False).inference_cost()
     assert (cost.forward, cost.backward) == (4, 4)
 
 

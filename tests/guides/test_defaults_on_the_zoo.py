@@ -51,14 +51,15 @@ def test_every_guide_trains_with_finite_losses_on_every_zoo_model(zoo, name):
 
 @pytest.mark.parametrize("name", ZOO_NAMES)
 def test_a_fresh_guides_iterations_do_not_make_q_worse_than_lambda_0(zoo, name):
-    """Scored with common random numbers, the mean ELBO after K untrained iterations of IterativeGuide is not below
-    lambda_0's by more than two paired standard errors (with the previous initialisation it fell by hundreds of nats
-    on some models: see the next test)."""
+    """With ``small_init=True``, the mean ELBO after K untrained iterations of IterativeGuide, scored with common
+    random numbers, is not below lambda_0's by more than two paired standard errors. (With PyTorch's initialisation,
+    the default, it falls on 7 of the 8 zoo models, by up to 1100 nats: see the next test. That default is kept
+    because the small start slowed training on MNIST by 17 nats at 400 steps; see the README.)"""
     _, x_test = _data(zoo[name])
     pyro.clear_param_store()
     pyro.set_rng_seed(1)
     model = zoo[name].build().eval()
-    guide = IterativeGuide(model).setup(x_test)
+    guide = IterativeGuide(model, small_init=True).setup(x_test)
     rows = guide.elbo_trajectory(x_test, num_particles=16)
     drop = rows[0] - rows[-1]
     limit = 2 * drop.std() / len(drop) ** 0.5 + 1e-6
@@ -69,7 +70,7 @@ def test_the_check_of_fresh_iterations_can_fail(zoo):
     _, x = _data(zoo["learned_scale"])
     pyro.set_rng_seed(1)
     model = zoo["learned_scale"].build().eval()
-    guide = IterativeGuide(model, small_init=False, data_encoding="none").setup(x)  # the previous defaults
+    guide = IterativeGuide(model, data_encoding="none").setup(x)  # the previous defaults
     rows = guide.elbo_trajectory(x, num_particles=16)
     drop = rows[0] - rows[-1]
     assert drop.mean() > 2 * drop.std() / len(drop) ** 0.5
