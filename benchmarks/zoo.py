@@ -26,6 +26,7 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import pyro
@@ -287,7 +288,23 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=1000, help="SVI steps per cell")
     p.add_argument("--fresh", action="store_true", help="ignore saved cells and start over")
     p.add_argument("--label", default="zoo", help="name of the results files (benchmarks/results/<label>.json)")
+    p.add_argument("--render", nargs="+", type=Path, metavar="JSON",
+                   help="train nothing: print and write (to --out, .json and .md) the table of these saved runs' cells")
     args = p.parse_args()
+    if args.render:
+        runs = [json.loads(path.read_text()) for path in args.render]
+        cells = {key: cell for run in runs for key, cell in run["cells"].items()}
+        order = {name: i for i, name in enumerate(ZOO)}
+        ordered = sorted(cells.values(), key=lambda c: (order[c["model"]], c["lr"], list(GUIDES).index(c["guide"])))
+        text = "\n".join([table(ordered), "", *bounds(ordered)])
+        print(text)
+        out = args.out or RESULTS / f"{args.label}.json"
+        write_json(out, {"machine": runs[0]["machine"], "steps": runs[0]["steps"], "particles": runs[0]["particles"],
+                         "cells": {f"{c['model']}/{c['guide']}/{c['lr']:g}": c for c in ordered}})
+        out.with_suffix(".md").write_text(f"Machine: {runs[0]['machine']}; {runs[0]['steps']} SVI steps of 100 "
+                                          f"datapoints per cell, {runs[0]['particles']} particles with common random "
+                                          "numbers.\n\n" + text + "\n")
+        return
     torch.set_num_threads(args.threads)
     steps, particles, reference_steps = (30, 8, 50) if args.quick else (args.steps, 32, 3000)
     out = args.out or RESULTS / f"{args.label}{'-quick' if args.quick else ''}.json"

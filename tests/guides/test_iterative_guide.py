@@ -9,7 +9,7 @@ import torch
 from pyro.infer import SVI, JitTrace_ELBO, Predictive, Trace_ELBO, TraceMeanField_ELBO
 
 from pyro_iterative import IterativeGuide
-from pyro_iterative.inference.encodings import encode_gradient
+from pyro_iterative.inference.encodings import encode_data, encode_gradient
 from pyro_iterative.models import LinearGaussian
 
 
@@ -39,7 +39,9 @@ def trained_on_linear_gaussian():
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     model = LinearGaussian.orthogonal(data_dim=10, latent_dim=2, noise_scale=0.5, seed=0, dtype=torch.float64)
-    guide = IterativeGuide(model, num_iterations=5, hidden_sizes=(64, 64))
+    # The data read as they are: symlog's compression (the default since the model zoo) costs this linear model's
+    # learned posterior precision (max standardized error 1.27 after these 400 steps; measured, README "Defaults").
+    guide = IterativeGuide(model, num_iterations=5, hidden_sizes=(64, 64), data_encoding="none")
     train(model, guide, model.sample(600, seed=1), steps=400, subsample_size=100)
     return model, guide, model.sample(300, seed=2)
 
@@ -130,7 +132,7 @@ def test_network_gradient_is_the_elbo_averaged_over_iterations(monkeypatch, num_
         grad = torch.autograd.grad(elbo_at_mean(leaf).sum(), leaf)[0]
         net = guide.update_nets[0]
         inputs = torch.cat([leaf.detach(), encode_gradient("log_sign", grad)], -1)
-        lam = net(inputs, leaf.detach(), net.project(x))
+        lam = net(inputs, leaf.detach(), net.project(encode_data(guide.data_encoding, x)))
         objective = objective + elbo_at_mean(lam).sum()
     reference = torch.autograd.grad(-objective / num_iterations, weights)
     for got, want in zip(routed, reference):
@@ -290,7 +292,7 @@ def test_datapoint_results_do_not_depend_on_batch_mates(linear_gaussian):
 
 def test_datapoint_results_do_not_depend_on_batch_size(linear_gaussian):
     model, x_train, _ = linear_gaussian
-    guide = small_guide(model, num_particles=500)
+    guide = small_guide(model, num_particles=500, data_encoding="none")  # see trained_on_linear_gaussian
     train(model, guide, x_train, steps=20, subsample_size=64)
     alone = guide.get_posterior(x_train[:1])["z"]
     among = guide.get_posterior(x_train[:200])["z"]
