@@ -96,7 +96,8 @@ class PlainIterative:
 
     def refine(self, x: torch.Tensor, record: bool = False):
         lam = x.new_zeros(x.shape[0], 2 * self.d)  # loc 0, log-scale 0
-        projected = self.update.project(x)  # the data's share of the first layer, once per call
+        # the data's share of the first layer, once per call, read through symlog as the guide's default does
+        projected = self.update.project(torch.sign(x) * torch.log1p(x.abs()))
         network_loss, elbos = None, []
         for t in range(self.K):
             leaf = lam.detach().requires_grad_()
