@@ -290,8 +290,6 @@ class ELBOLightningModule(pl.LightningModule):
     def train_dataloader(self) -> DataLoader:
         """Batches of datapoint indices from this process's shard (``batch_size // world_size`` per batch)."""
         world, rank = self._world()
-        if self.plan.batch_size % world:
-            self.plan.batch_per_process(world, len(self.data))  # refuses a batch that does not split evenly
         sampler = ShardSampler(len(self.data), num_replicas=world, rank=rank, seed=self.plan.seed,
                                epoch_offset=self.epoch_offset)
         per_process = self.plan.batch_per_process(world, len(sampler))
