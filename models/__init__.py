@@ -12,8 +12,10 @@ from .gaussian_vae import GaussianVAE
 from .hierarchical_vae import HierarchicalVAE
 from .linear_gaussian import LinearGaussian, synthetic_linear_gaussian
 from .mixed_vae import MixedVAE
+from .mixture_vae import MixturePriorVAE
 from .poisson_gamma import PoissonGamma
 from .prod_lda import ProdLDA
+from .semi_supervised_vae import SemiSupervisedVAE, with_labels
 from .vae import VAE
 
 __all__ = [
@@ -23,11 +25,14 @@ __all__ = [
     "HierarchicalVAE",
     "LinearGaussian",
     "MixedVAE",
+    "MixturePriorVAE",
     "PoissonGamma",
     "ProdLDA",
+    "SemiSupervisedVAE",
     "VAE",
     "load_counts",
     "perplexity",
     "synthetic_corpus",
     "synthetic_linear_gaussian",
+    "with_labels",
 ]

@@ -26,6 +26,7 @@ __all__ = [
     "AmortizationGap",
     "Estimate",
     "amortization_gap",
+    "discrete_posterior",
     "elbo_per_iteration",
     "log_likelihood",
     "over_batches",
@@ -116,6 +117,23 @@ def elbo_per_iteration(
     return Estimate(values, ModelPasses(cost.forward + (num_particles or 1), cost.backward))
 
 
+def _summed_weights(
+    model: Callable, guide: LocalGuide, args: tuple, kwargs: dict, num_samples: int, chunk_size: int,
+    weights: Callable[..., torch.Tensor],
+) -> torch.Tensor:
+    """``logsumexp`` over ``num_samples`` draws from the guide's final q of ``weights(inner, args, kwargs, params,
+    batch, global_values)``, drawn ``chunk_size`` at a time so that memory stays bounded."""
+    inference = guide.refine(*args, **kwargs)
+    inputs = (args, kwargs, inference.params(), inference.batch, inference.global_values)
+    chunks, remaining = [], num_samples
+    with torch.no_grad():
+        while remaining:
+            size = min(chunk_size, remaining)
+            chunks.append(torch.logsumexp(weights(InnerELBO(model, guide.layout, size), *inputs), dim=0))
+            remaining -= size
+    return torch.logsumexp(torch.stack(chunks), dim=0)
+
+
 def log_likelihood(
     model: Callable, guide: LocalGuide, *args, num_samples: int = 5000, chunk_size: int = 100, **kwargs
 ) -> Estimate:
@@ -136,18 +154,36 @@ def log_likelihood(
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}.")
     if model is not guide.model:
         raise ValueError("log_likelihood needs the guide's own model (the proposal is fitted to it).")
-    inference = guide.refine(*args, **kwargs)
-    params, batch, global_values = inference.params(), inference.batch, inference.global_values
-    chunks, remaining = [], num_samples
-    with torch.no_grad():
-        while remaining:
-            size = min(chunk_size, remaining)
-            inner = InnerELBO(model, guide.layout, size)
-            chunks.append(torch.logsumexp(inner.log_weights(args, kwargs, params, batch, global_values), dim=0))
-            remaining -= size
-    values = torch.logsumexp(torch.stack(chunks), dim=0) - math.log(num_samples)
+    values = _summed_weights(
+        model, guide, args, kwargs, num_samples, chunk_size, lambda inner, *inputs: inner.log_weights(*inputs)
+    ) - math.log(num_samples)
     cost = guide.inference_cost()
     return Estimate(values, ModelPasses(cost.forward + num_samples, cost.backward))
+
+
+def discrete_posterior(
+    model: Callable, guide: LocalGuide, site: str, *args, num_samples: int = 100, chunk_size: int = 100, **kwargs
+) -> torch.Tensor:
+    """``(batch, values)`` posterior probabilities p(c = k | x) of an enumerated discrete site, by importance sampling.
+
+    ``p(x, c = k) ~ (1/S) sum_s p(x, c = k, z_s) / q(z_s)`` with the guide's final q over the continuous latents as
+    proposal (the model's other enumerated sites summed out), normalised over ``k``. For a semi-supervised model
+    whose label is summed out during training (M2), ``discrete_posterior(...).argmax(-1)`` classifies.
+
+    Usage::
+
+        probs = discrete_posterior(model, guide, "y", x_test, num_samples=100)
+        accuracy = (probs.argmax(-1) == y_test).float().mean()
+    """
+    if not isinstance(num_samples, int) or num_samples < 1 or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"num_samples and chunk_size must be positive integers, got {num_samples!r}, {chunk_size!r}.")
+    if model is not guide.model:
+        raise ValueError("discrete_posterior needs the guide's own model (the proposal is fitted to it).")
+    log_joint = _summed_weights(
+        model, guide, args, kwargs, num_samples, chunk_size,
+        lambda inner, *inputs: inner.log_weights_by_value(*inputs, site),
+    )
+    return torch.softmax(log_joint, dim=-1)
 
 
 def amortization_gap(

@@ -20,10 +20,11 @@ from typing import Callable
 import pyro
 import torch
 
-from ..evaluation import amortization_gap, elbo_per_iteration, log_likelihood, over_batches
+from ..evaluation import amortization_gap, discrete_posterior, elbo_per_iteration, log_likelihood, over_batches
 from ..guides.protocol import TrainableGuide
 from .checkpoints import TrainingCheckpoint
 from .config import RunConfig
+from .datasets import DATASETS
 from .engine import TestELBO, own_param_store, progress, setup_guide, train
 from .figures import figure_data
 from .registry import METHODS, MODELS, build_model_and_guide
@@ -72,7 +73,7 @@ def train_method(
         model, guide, x_train, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
         binarize_mode=config.binarize, seed=config.seed, evaluate=TestELBO(evaluator, model, x_eval, config.seed),
         checkpoint=Path(run_dir) / method / "checkpoint.pt", config=config.training_key(method), resume=resume,
-        quiet=quiet, log=log,
+        loss=MODELS[config.model].loss(), quiet=quiet, log=log,
     )
     return model, guide, history
 
@@ -148,7 +149,23 @@ def measure_method(
     extra_metrics = MODELS[config.model].extra_metrics
     if extra_metrics is not None:
         entry.update(extra_metrics(trajectory.values[-1], x_eval, ll.values, x_ll))
+    entry.update(_accuracy(config, model, evaluator, x_eval))
     return entry
+
+
+def _accuracy(config: RunConfig, model: torch.nn.Module, evaluator: TrainableGuide, x_eval: torch.Tensor) -> dict:
+    """The test accuracy of a model whose enumerated label site classifies, on a data set with test labels."""
+    site = MODELS[config.model].label_site
+    dataset = DATASETS[config.dataset] if config.dataset in DATASETS else None
+    if site is None or dataset is None or dataset.test_labels is None:
+        return {}
+    labels = dataset.test_labels(config)[: len(x_eval)].to(x_eval.device)
+    pyro.set_rng_seed(config.seed + 5)
+    probs = torch.cat([discrete_posterior(model, evaluator, site, chunk, num_samples=100)
+                       for chunk in x_eval.split(200)])
+    correct = (probs.argmax(-1) == labels).double()
+    return {"accuracy": float(correct.mean()), "accuracy_se": float(correct.std() / len(correct) ** 0.5),
+            "accuracy_datapoints": len(correct)}
 
 
 def measure_run(

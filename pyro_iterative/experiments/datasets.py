@@ -13,6 +13,7 @@ from typing import Callable
 
 import torch
 
+from .. import models
 from ..data.binarization import static_binarize
 from ..data.corpora import synthetic_corpus
 from ..data.mnist import load_mnist, load_mnist5k
@@ -29,10 +30,13 @@ __all__ = [
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """A registered data set: ``load(config)`` gives ``(x_train, x_test)``, datapoints on dim 0."""
+    """A registered data set: ``load(config)`` gives ``(x_train, x_test)``, datapoints on dim 0;
+    ``test_labels(config)``, where given, the class of each test datapoint (for the accuracy of models that classify).
+    """
 
     name: str
     load: Callable[[RunConfig], tuple[torch.Tensor, torch.Tensor]]
+    test_labels: Callable[[RunConfig], torch.Tensor] | None = None
 
 
 def _corpus(config: RunConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,6 +49,27 @@ def _mnist5k(config: RunConfig) -> tuple[torch.Tensor, torch.Tensor]:
     return split.x_train, split.x_test
 
 
+#: Labelled training digits per class of ``mnist5k-labelled`` (300 labels in all, as in few-label M2 studies).
+LABELS_PER_CLASS = 30
+
+
+def _mnist5k_labelled(config: RunConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    # Binarized once (seeded) so that the label column is never binarized with the pixels; test labels hidden.
+    split = load_mnist5k(seed=0)
+    x_train, x_test = static_binarize(split.x_train, seed=0), static_binarize(split.x_test, seed=1)
+    rank = torch.zeros_like(split.y_train)
+    for label in split.y_train.unique():
+        rows = (split.y_train == label).nonzero().squeeze(-1)
+        rank[rows] = torch.arange(len(rows))
+    known = rank < LABELS_PER_CLASS
+    unknown = torch.zeros(len(x_test), dtype=torch.bool)
+    return models.with_labels(x_train, split.y_train, known), models.with_labels(x_test, split.y_test, unknown)
+
+
+def _mnist5k_test_labels(config: RunConfig) -> torch.Tensor:
+    return load_mnist5k(seed=0).y_test
+
+
 def _mnist(config: RunConfig) -> tuple[torch.Tensor, torch.Tensor]:
     split = load_mnist(config.data_dir)
     return split.x_train, split.x_test
@@ -54,6 +79,7 @@ def _mnist(config: RunConfig) -> tuple[torch.Tensor, torch.Tensor]:
 DATASETS: Registry[DatasetSpec] = Registry("data set")
 DATASETS.register(DatasetSpec("mnist5k", _mnist5k))
 DATASETS.register(DatasetSpec("mnist", _mnist))
+DATASETS.register(DatasetSpec("mnist5k-labelled", _mnist5k_labelled, _mnist5k_test_labels))
 DATASETS.register(DatasetSpec("corpus", _corpus))
 
 

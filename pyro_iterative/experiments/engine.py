@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 import pyro
 import pyro.poutine as poutine
 import torch
-from pyro.infer import SVI, Trace_ELBO
+from pyro.infer import ELBO, SVI, Trace_ELBO
 
 from ..data.binarization import BINARIZE_MODES, binarize, static_binarize
 from ..evaluation import elbo_per_iteration, over_batches
@@ -271,6 +271,7 @@ def train(
     checkpoint: str | Path | None = None,
     config: dict | None = None,
     resume: bool = False,
+    loss: ELBO | None = None,
     quiet: bool = False,
     log: Callable[[str], None] = print,
 ) -> list[dict]:
@@ -289,6 +290,7 @@ def train(
     :param config: stored in the checkpoint; resuming refuses a checkpoint of another configuration.
     :param resume: continue from ``checkpoint`` if it exists (a finished run is returned as it is); a checkpoint of
         the Lightning loop is refused.
+    :param loss: the ELBO (default ``Trace_ELBO()``; ``TraceEnum_ELBO`` for models with enumerated latents).
     :return: one :meth:`EpochRecord.as_dict` per epoch.
     :raises TrainingError: if a loss is not finite (the last good checkpoint is kept).
     """
@@ -299,7 +301,7 @@ def train(
     config = dict(config or {})
     fixed = plan.fixed_data()
     setup_guide(guide, x_train, min(batch_size, len(x_train)))
-    svi = SVI(model, guide, pyro.optim.Adam({"lr": lr}), Trace_ELBO())
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": lr}), loss if loss is not None else Trace_ELBO())
     history, seconds, first_epoch = [], 0.0, 1
     if resume and checkpoint is not None and Path(checkpoint).exists():
         state = TrainingCheckpoint.load(checkpoint, config=config, engine="svi")

@@ -51,7 +51,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from .checkpoints import TrainingCheckpoint
 from .config import RunConfig
 from .engine import EpochPlan, EpochRecord, TestELBO, nonfinite_count, setup_guide
-from .registry import METHODS, build_model_and_guide
+from .registry import METHODS, MODELS, build_model_and_guide
 
 #: how to get the optional dependency, in every error about it
 INSTALL_HINT = 'PyTorch Lightning is not installed; install it with: pip install "pyro-iterative[distributed]"'
@@ -552,7 +552,8 @@ def train_method(
             binarize_mode=config.binarize, seed=config.seed,
             evaluate=TestELBO(evaluator, model, x_eval, config.seed),
             checkpoint=Path(run_dir) / method / "checkpoint.pt", config=config.training_key(method), resume=resume,
-            strategy=strategy, devices=devices, accelerator=accelerator, num_nodes=num_nodes, quiet=quiet, log=log,
+            strategy=strategy, devices=devices, accelerator=accelerator, num_nodes=num_nodes,
+            loss=MODELS[config.model].loss(), quiet=quiet, log=log,
         )
     return model, guide, history
 

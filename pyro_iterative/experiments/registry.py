@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Callable, Generic, Iterator, TypeVar
 
 import pyro
 import torch
+from pyro.infer import ELBO, Trace_ELBO, TraceEnum_ELBO
 
 from .. import models
 from ..data.arrays import load_array
@@ -91,6 +92,15 @@ def observe_rows(indices: torch.Tensor, x: torch.Tensor, *args, **kwargs) -> tor
     return x[indices].reshape(len(indices), -1)
 
 
+def _observe_all_but_last(indices: torch.Tensor, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    # Rows whose last column is not observed by a sample site (the labels of SemiSupervisedVAE).
+    return x[indices, :-1]
+
+
+def _observe(config: "RunConfig") -> Callable:
+    return MODELS[config.model].observe
+
+
 # ------------------------------------------------------------------------------------------------------ methods
 
 
@@ -136,15 +146,15 @@ def _build_iterative(model: Callable, x: torch.Tensor, config: "RunConfig") -> I
 
 def _build_standard(model: Callable, x: torch.Tensor, config: "RunConfig") -> AmortizedGuide:
     """An encoder of two equal hidden layers, as many parameters as the iterative guide's networks (within 5%)."""
-    return matched_amortized_guide(model, _iterative_guide(model, config), x, guide_options={"observe": observe_rows},
-                                   **_probe(x, config))
+    return matched_amortized_guide(model, _iterative_guide(model, config), x,
+                                   guide_options={"observe": _observe(config)}, **_probe(x, config))
 
 
 def _build_semi_amortized(model: Callable, x: torch.Tensor, config: "RunConfig") -> SemiAmortizedGuide:
     encoder = _build_standard(model, x, config)
     # Its default step rule (adaptive per-datapoint step sizes), as a user gets it: no step size tuned on MNIST.
     return SemiAmortizedGuide(model, num_steps=config.iterations, hidden_sizes=encoder.hidden_sizes,
-                              observe=observe_rows).setup(x, **_probe(x, config))
+                              observe=_observe(config)).setup(x, **_probe(x, config))
 
 
 def _build_per_datapoint(model: Callable, x: torch.Tensor, config: "RunConfig") -> PerDatapointGuide:
@@ -193,6 +203,12 @@ class ModelSpec:
     :ivar posterior_2d: the report draws a 2-D latent version of it with inference paths.
     :ivar extra_metrics: ``extra_metrics(test_elbos, x_eval, log_likelihoods, x_ll)``, more entries for a method's
         metrics (e.g. per-word perplexity), or ``None``.
+    :ivar dataset: the data set it runs on unless the run says otherwise (a name from
+        :data:`~pyro_iterative.experiments.datasets.DATASETS`).
+    :ivar loss: builds the ELBO it trains with (``TraceEnum_ELBO`` for models with enumerated latents).
+    :ivar observe: ``observe=`` of the encoder-based guides: the observed values of a batch of its rows.
+    :ivar label_site: its enumerated site that is a class label: each method's test accuracy is reported (the argmax
+        of :func:`~pyro_iterative.evaluation.discrete_posterior`), on data sets that give test labels.
     """
 
     name: str
@@ -203,6 +219,14 @@ class ModelSpec:
     images: bool = False
     posterior_2d: bool = False
     extra_metrics: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], dict] | None = None
+    dataset: str = "mnist5k"
+    loss: Callable[[], ELBO] = Trace_ELBO
+    observe: Callable[..., torch.Tensor] = observe_rows
+    label_site: str | None = None
+
+
+def _enumerated() -> ELBO:
+    return TraceEnum_ELBO(max_plate_nesting=1)
 
 
 def _perplexities(test_elbos: torch.Tensor, x_eval: torch.Tensor, ll: torch.Tensor, x_ll: torch.Tensor) -> dict:
@@ -236,6 +260,18 @@ MODELS.register(ModelSpec(
     lambda data_dim, latent_dim, hidden: models.BagOfWords(vocab_size=data_dim, latent_dim=latent_dim,
                                                            hidden_sizes=(hidden,)),
     load_file=load_counts, extra_metrics=_perplexities,
+))
+MODELS.register(ModelSpec(
+    "mixture", "a VAE with a mixture-of-Gaussians prior (10 clusters, summed out by enumeration)",
+    lambda data_dim, latent_dim, hidden: models.MixturePriorVAE(data_dim=data_dim, latent_dim=latent_dim,
+                                                                num_clusters=10, hidden_sizes=(hidden, hidden)),
+    binarize="dynamic", images=True, loss=_enumerated,
+))
+MODELS.register(ModelSpec(
+    "m2", "Kingma et al.'s semi-supervised VAE: the digit label summed out where unknown (300 labels)",
+    lambda data_dim, latent_dim, hidden: models.SemiSupervisedVAE(data_dim=data_dim - 1, latent_dim=latent_dim,
+                                                                  num_classes=10, hidden_sizes=(hidden, hidden)),
+    dataset="mnist5k-labelled", loss=_enumerated, observe=_observe_all_but_last, label_site="y",
 ))
 
 

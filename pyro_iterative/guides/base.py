@@ -301,6 +301,16 @@ class LocalGuide(AutoGuide):
     def _observed_data(self, model_trace) -> torch.Tensor:
         """The batch's observed values from a model trace (already checked), one flattened row per datapoint."""
         dim = self.layout.plate.dim
+        for site in self.layout.observed_sites:
+            node = model_trace.nodes.get(site.name)
+            if node is None or not node["is_observed"]:
+                now = "absent" if node is None else "latent"
+                raise ValueError(
+                    f"Site '{site.name}' was observed when this guide was set up but is {now} in this call; "
+                    "the networks read the values observed at set-up. Set the guide up on a "
+                    f"call where '{site.name}' is latent (guide.setup(...) on unlabelled data), or give every call "
+                    "the same observed sites."
+                )
         rows = [site.flatten(model_trace.nodes[site.name]["value"], dim) for site in self.layout.observed_sites]
         return self._check_data_width(torch.cat(rows, dim=-1))
 

@@ -129,6 +129,12 @@ class IterativeGuide(LocalGuide):
             raise ValueError(f"num_iterations must be an integer >= 1, got {num_iterations!r}.")
 
     def _setup_networks(self, layout: SiteLayout) -> None:
+        if "errors" in self.encode and layout.enumerated_names:
+            raise ValueError(
+                f"encode='errors' reads each site's predicted mean, which the enumerated sites "
+                f"{layout.enumerated_names} make depend on their values; use encode=('gradient', 'data') for "
+                "models with enumerated latents."
+            )
         updates = []
         for site in layout.local_sites:
             width = 2 * site.size

@@ -18,7 +18,8 @@ import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.infer.autoguide import AutoNormal
-from pyro.infer.autoguide.initialization import init_to_feasible
+from pyro.infer.autoguide.guides import prototype_hide_fn
+from pyro.infer.autoguide.initialization import init_to_feasible, init_to_sample
 
 from ..inference.batch import locate_batch
 from ..inference.cost import ModelPasses
@@ -28,6 +29,11 @@ from ..inference.sites import SiteLayout, discover_sites
 __all__ = [
     "PerDatapointGuide",
 ]
+
+
+def _init_to_feasible_or_sample(site: dict) -> torch.Tensor:
+    # Discrete sites (summed out by enumeration, no q) have no feasible unconstrained point: draw their prototype.
+    return init_to_sample(site) if site["fn"].support.is_discrete else init_to_feasible(site)
 
 
 class PerDatapointGuide(AutoNormal):
@@ -51,11 +57,16 @@ class PerDatapointGuide(AutoNormal):
     """
 
     def __init__(self, model: Callable, *, init_scale: float = 1.0, plate_name: str | None = None) -> None:
-        super().__init__(model, init_loc_fn=init_to_feasible, init_scale=float(init_scale))
+        super().__init__(model, init_loc_fn=_init_to_feasible_or_sample, init_scale=float(init_scale))
         self.plate_name = plate_name
         self.layout: SiteLayout | None = None
         #: always 0: the stored q takes no inner gradient steps (kept for the guide protocol)
         self.nonfinite_gradients = 0
+
+    @staticmethod
+    def _prototype_hide_fn(msg: dict) -> bool:
+        # AutoNormal's filter, and the discrete sites the model enumerates (no q of theirs: the ELBO sums them out).
+        return prototype_hide_fn(msg) or msg["infer"].get("enumerate") == "parallel"
 
     def _setup_prototype(self, *args, **kwargs) -> None:
         super()._setup_prototype(*args, **kwargs)
@@ -115,10 +126,12 @@ class PerDatapointGuide(AutoNormal):
         if num_iterations:
             raise ValueError(f"{type(self).__name__} stores q; num_iterations does not apply.")
         self.setup(*args, **kwargs)
-        estimates = []
+        estimates, model = [], self.model
+        if self.layout.enumerated_names:  # summed out, as by TraceEnum_ELBO
+            model = poutine.enum(model, first_available_dim=-1 - self.layout.max_plate_nesting)
         for _ in range(num_particles or 1):
             with torch.no_grad(), poutine.block():
                 guide_trace = poutine.trace(self).get_trace(*args, **kwargs)
-                model_trace = poutine.trace(poutine.replay(self.model, trace=guide_trace)).get_trace(*args, **kwargs)
+                model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
             estimates.append(per_datapoint_elbo(model_trace, guide_trace, self.layout.plate))
         return torch.stack(estimates).mean(0, keepdim=True)

@@ -16,6 +16,11 @@ Everything runs under ``poutine.block()``, so none of it reaches the caller's tr
 subsampling scales are divided out, so a datapoint's ELBO, and its gradient, do not depend on the
 batch size. A test checks that both paths give the same values and gradients.
 
+Discrete local latents that the model marks for parallel enumeration are summed out exactly: the model
+is traced under ``poutine.enum`` (always on the general path) and each datapoint's log-density is
+contracted over the enumerated values with Pyro's tensor message passing
+(:func:`pyro.ops.contract.contract_to_tensor`), so the ELBO and its gradient are the marginalised ones.
+
 What does not live here: choosing the parameters (the guides), encoding gradients
 (:mod:`pyro_iterative.inference.encodings`), and the outer ELBO that trains the model (Pyro's own losses).
 """
@@ -23,6 +28,7 @@ What does not live here: choosing the parameters (the guides), encoding gradient
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from contextlib import ExitStack
 from typing import Callable
 
@@ -31,6 +37,8 @@ import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
 from pyro.distributions.util import scale_and_mask
+from pyro.ops import packed
+from pyro.ops.contract import contract_to_tensor
 from pyro.poutine import Trace
 from pyro.poutine.indep_messenger import CondIndepStackFrame
 from pyro.poutine.messenger import Messenger
@@ -45,6 +53,7 @@ __all__ = [
     "InnerELBO",
     "ReplayScorer",
     "check_observations",
+    "enumerated_log_density",
     "per_datapoint_elbo",
 ]
 
@@ -165,7 +174,7 @@ class InnerELBO:
         self.model = model
         self.layout = layout
         self.num_particles = num_particles
-        self.fast = fast
+        self.fast = fast and not layout.enumerated_names  # enumeration needs a trace to contract
         self.vectorize = vectorize
         # Sites whose model-trace entries the guides read: the data, the errors encoding's means.
         self._keep = frozenset(site.name for site in layout.observed_sites + layout.local_sites)
@@ -179,6 +188,12 @@ class InnerELBO:
             return None
         active = len(_DIM_ALLOCATOR._stack)
         return -(max(self.layout.max_plate_nesting, active) + 1)
+
+    def _first_enum_dim(self, particle_dim: int | None) -> int:
+        """Where enumerated values go: left of the particle plate, the model's plates and any active plate."""
+        if particle_dim is not None:
+            return particle_dim - 1
+        return -(max(self.layout.max_plate_nesting, len(_DIM_ALLOCATOR._stack)) + 1)
 
     def _particles(self, dim: int | None) -> ExitStack:
         stack = ExitStack()
@@ -205,8 +220,12 @@ class InnerELBO:
         dim = self.particle_dim
         with poutine.block():
             guide_trace = poutine.trace(self._guide).get_trace(params, batch, global_values, dim)
+            model = self.model
+            if self.layout.enumerated_names:  # as TraceEnum_ELBO: the enumeration inside, the replay around it
+                model = poutine.enum(model, first_available_dim=self._first_enum_dim(dim))
+            model = poutine.replay(model, trace=guide_trace)
             with self._particles(dim):
-                model_trace = poutine.trace(poutine.replay(self.model, trace=guide_trace)).get_trace(*args, **kwargs)
+                model_trace = poutine.trace(model).get_trace(*args, **kwargs)
         return guide_trace, model_trace
 
     def _score(
@@ -280,6 +299,40 @@ class InnerELBO:
         weights, model_trace = self._log_weights(args, kwargs, params, batch, global_values, check_data)
         return (weights.mean(0) if self.num_particles > 1 else weights), model_trace
 
+    def log_weights_by_value(
+        self,
+        args: tuple,
+        kwargs: dict,
+        params: LocalParams,
+        batch: Batch,
+        global_values: dict[str, torch.Tensor],
+        site: str,
+    ) -> torch.Tensor:
+        """``(num_particles, batch, values)`` log-weights ``log p(x_i, z, c = k) - log q(z)`` for each value ``k``
+        of the enumerated site ``site`` (its other enumerated sites summed out); ``logsumexp`` over the last dim
+        gives :meth:`log_weights`. The particles are drawn in a vectorized plate.
+
+        Usage::
+
+            log_w = InnerELBO(model, layout, 100).log_weights_by_value((x,), {}, params, batch, {}, "y")
+            posterior = (log_w.logsumexp(0) - log_w.logsumexp((0, 2)).unsqueeze(-1)).exp()   # p(y = k | x)
+        """
+        if site not in self.layout.enumerated_names:
+            raise ValueError(
+                f"'{site}' is not an enumerated site of this model; they are {self.layout.enumerated_names}."
+            )
+        dim = self.particle_dim
+        guide_trace, model_trace = self.trace(args, kwargs, params, batch, global_values)
+        plate = self.layout.plate
+        log_p = enumerated_log_density(model_trace, plate, dim, keep=site)
+        guide_trace.compute_log_prob(lambda name, node: any(f.name == plate.name for f in node["cond_indep_stack"]))
+        log_q = sum(
+            _per_datapoint(node["log_prob"] / _subsample_factor(node), plate.dim, dim)
+            for node in guide_trace.nodes.values() if node["type"] == "sample" and "log_prob" in node
+        )
+        weights = log_p - log_q.unsqueeze(-1)
+        return weights if dim is not None else weights.unsqueeze(0)
+
     def log_weights(
         self,
         args: tuple,
@@ -335,15 +388,25 @@ def per_datapoint_elbo(
 
     Sums ``log p - log q`` over the sites inside the data ``plate`` (matched by name), one value per
     datapoint, with plate subsampling scales divided out; averages over a particle dimension if given
-    (``reduce=False`` keeps it: ``(particles, batch)`` log-weights).
+    (``reduce=False`` keeps it: ``(particles, batch)`` log-weights). Where the model trace holds enumerated
+    sites (it was traced under ``poutine.enum``), ``log p`` is each datapoint's log-density summed over their
+    values (:func:`enumerated_log_density`).
 
     Usage::
 
         elbo = per_datapoint_elbo(model_trace, guide_trace, layout.plate)
     """
     elbo = 0.0
-    for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
-        trace.compute_log_prob(lambda name, site: any(f.name == plate.name for f in site["cond_indep_stack"]))
+    in_plate = lambda name, site: any(f.name == plate.name for f in site["cond_indep_stack"])  # noqa: E731
+    enumerated = any(
+        site["type"] == "sample" and site["infer"].get("_enumerate_dim") is not None
+        for site in model_trace.nodes.values()
+    )
+    traces = ((guide_trace, -1.0),) if enumerated else ((model_trace, 1.0), (guide_trace, -1.0))
+    if enumerated:
+        elbo = enumerated_log_density(model_trace, plate, particle_dim)
+    for trace, sign in traces:
+        trace.compute_log_prob(in_plate)
         for site in trace.nodes.values():
             if site["type"] == "sample" and "log_prob" in site:
                 log_prob = site["log_prob"] / _subsample_factor(site)
@@ -351,3 +414,68 @@ def per_datapoint_elbo(
     if isinstance(elbo, float):
         raise ValueError(f"No sample site of these traces lies inside the plate '{plate.name}'.")
     return elbo.mean(0) if particle_dim is not None and reduce else elbo
+
+
+def enumerated_log_density(
+    model_trace: Trace, plate: CondIndepStackFrame, particle_dim: int | None = None, keep: str | None = None
+) -> torch.Tensor:
+    """``([particles,] batch)`` log-density of each datapoint's sites, summed over the enumerated values.
+
+    ``model_trace`` comes from a model run under ``poutine.enum`` (parallel enumeration). Every sample site
+    inside the data ``plate`` contributes its masked log-density; Pyro's tensor message passing
+    (:func:`~pyro.ops.contract.contract_to_tensor`) sums out the enumerated dimensions and multiplies over the
+    plates nested in the data plate, keeping the datapoints (and the particle plate, if any). Plate
+    subsampling scales are divided out; any other ``poutine.scale`` must be shared by the sites, as Pyro's
+    ``TraceEnum_ELBO`` requires, and multiplies the result. With ``keep``, the name of an enumerated site, its
+    values are not summed out: the result gains a last dim, one entry per value in enumeration order
+    (``([particles,] batch, values)``, the joint log-density with the site at each value).
+
+    Usage::
+
+        model_trace = poutine.trace(poutine.enum(model, first_available_dim=-2)).get_trace(x)
+        log_p = enumerated_log_density(model_trace, layout.plate)   # (batch,)
+        log_joint = enumerated_log_density(model_trace, layout.plate, keep="c")   # (batch, num_categories)
+    """
+    sites = [
+        site for site in model_trace.nodes.values()
+        if site["type"] == "sample" and any(f.name == plate.name for f in site["cond_indep_stack"])
+    ]
+    model_trace.compute_log_prob(lambda name, site: site in sites)
+    model_trace.pack_tensors()
+    scales = {float(site["scale"] / _subsample_factor(site)) for site in sites}
+    if len(scales) != 1:
+        names = ", ".join(f"'{site['name']}'" for site in sites)
+        raise ValueError(
+            f"The sites {names} inside the data plate have different poutine.scale factors {sorted(scales)}; "
+            "summing out enumerated latents needs one common scale, as in Pyro's TraceEnum_ELBO."
+        )
+    plate_symbols = set(model_trace.plate_to_symbol.values())
+    tree, sum_dims = OrderedDict(), set()
+    for site in sites:
+        log_prob = packed.scale_and_mask(site["packed"]["unscaled_log_prob"], mask=site["packed"]["mask"])
+        ordinal = frozenset(model_trace.plate_to_symbol[f.name] for f in site["cond_indep_stack"] if f.vectorized)
+        tree.setdefault(ordinal, []).append(log_prob)
+        sum_dims.update(set(log_prob._pyro_dims) - plate_symbols)
+    target = frozenset(
+        model_trace.plate_to_symbol[f.name] for f in sites[0]["cond_indep_stack"]
+        if f.vectorized and (f.name == plate.name or f.dim == particle_dim)
+    )
+    scale, kept = scales.pop(), set()
+    if keep is not None:
+        node = model_trace.nodes.get(keep)
+        enum_dim = None if node is None else node["infer"].get("_enumerate_dim")
+        if enum_dim is None:
+            raise ValueError(f"keep='{keep}' names no enumerated site of this model trace.")
+        kept = {node["infer"]["_dim_to_symbol"][enum_dim]}
+    total = packed.unpack(contract_to_tensor(tree, sum_dims, target_ordinal=target), model_trace.symbol_to_dim)
+    total = _per_datapoint(total, plate.dim, particle_dim)
+    if keep is None:
+        return scale * total
+    # With target dims, Pyro contracts only the factors connected to them (a marginal, "modulo total"): the
+    # factors not connected to the kept site enter through the total.
+    kept_terms = contract_to_tensor(tree, sum_dims, target_ordinal=target, target_dims=kept)
+    log_p = packed.unpack(kept_terms, model_trace.symbol_to_dim)
+    log_p = log_p.reshape((1,) * (-enum_dim - log_p.dim()) + log_p.shape)
+    values = torch.stack([_per_datapoint(log_p.narrow(enum_dim, k, 1), plate.dim, particle_dim)
+                          for k in range(log_p.shape[enum_dim])], dim=-1)
+    return scale * (values + (total - values.logsumexp(-1)).unsqueeze(-1))

@@ -3,7 +3,8 @@
 This module reads a prototype trace of a Pyro model and describes its sites in a form the guides can
 use: :class:`LocalSite` (a latent inside the data plate, with its unconstrained per-datapoint layout),
 :class:`ObservedSite` (an observation inside the data plate) and :class:`SiteLayout` (all of them plus
-the data plate and the names of the global latents). It does not sample, build networks or compute
+the data plate, the names of the global latents and of the discrete local latents the model enumerates,
+which no guide samples: the inner ELBO sums them out). It does not sample, build networks or compute
 ELBOs; those live in :mod:`pyro_iterative.guides` and :mod:`pyro_iterative.inference.inner_elbo`.
 """
 
@@ -125,6 +126,7 @@ class SiteLayout:
     observed_sites: tuple[ObservedSite, ...]
     global_names: tuple[str, ...]
     max_plate_nesting: int
+    enumerated_names: tuple[str, ...] = ()  # discrete local latents marked for parallel enumeration
 
     @property
     def plate_name(self) -> str:
@@ -136,15 +138,32 @@ class SiteLayout:
         return sum(site.size for site in self.observed_sites)
 
 
-def _check_latent(name: str, fn: dist.Distribution) -> None:
-    if fn.support.is_discrete or not fn.has_rsample:
-        kind = "discrete" if fn.support.is_discrete else "not reparameterizable"
+def _is_enumerated(site: dict, plate: CondIndepStackFrame) -> bool:
+    """Whether a latent site is discrete and marked for enumeration; refuse the enumerations no guide supports."""
+    name, fn = site["name"], site["fn"]
+    if not fn.support.is_discrete:
+        if not fn.has_rsample:
+            raise ValueError(
+                f"Latent site '{name}' ({type(fn).__name__}) is not reparameterizable; these guides fit a "
+                "reparameterized Normal in unconstrained space to every continuous latent. Hide it with "
+                f"poutine.block(model, hide=['{name}']) and give it its own guide (for example in an AutoGuideList)."
+            )
+        return False
+    how = site["infer"].get("enumerate")
+    if how == "parallel" and plate in site["cond_indep_stack"]:
+        return True
+    if how == "parallel":
         raise ValueError(
-            f"Latent site '{name}' ({type(fn).__name__}) is {kind}; these guides fit a reparameterized "
-            "Normal in unconstrained space to every latent. Marginalize the site out in the model "
-            "(@config_enumerate with TraceEnum_ELBO) or hide it with poutine.block(model, hide=['"
-            f"{name}']) and give it its own guide (for example in an AutoGuideList)."
+            f"Latent site '{name}' ({type(fn).__name__}) is discrete and enumerated, but outside the data plate "
+            f"'{plate.name}'; these guides sum out only discrete latents local to a datapoint. Move it inside the "
+            f"plate, or hide it with poutine.block(model, hide=['{name}']) and give it its own guide."
         )
+    advice = "enumerate='parallel'" if how else "@config_enumerate (or infer={'enumerate': 'parallel'})"
+    raise ValueError(
+        f"Latent site '{name}' ({type(fn).__name__}) is discrete and not marked for parallel enumeration"
+        f"{f' (enumerate={how!r})' if how else ''}. Mark it with {advice} and train with "
+        "TraceEnum_ELBO(max_plate_nesting=...): the guides then sum it out exactly inside the data plate."
+    )
 
 
 def _choose_plate(trace: Trace, plate_name: str | None) -> CondIndepStackFrame:
@@ -185,7 +204,8 @@ def discover_sites(trace: Trace, plate_name: str | None = None) -> SiteLayout:
 
     Local latents are the unobserved sample sites inside the data plate: the plate named by
     ``plate_name``, or by default the outermost plate that holds every observed site. Every other
-    unobserved site is global.
+    unobserved site is global. Discrete local latents marked for parallel enumeration
+    (``@config_enumerate``) are listed in ``enumerated_names``; every other discrete latent is refused.
 
     Usage::
 
@@ -193,11 +213,11 @@ def discover_sites(trace: Trace, plate_name: str | None = None) -> SiteLayout:
         layout = discover_sites(trace)
         [site.name for site in layout.local_sites]
 
-    :raises ValueError: for a discrete or non-reparameterized latent, a model without a data plate, a
+    :raises ValueError: for a non-enumerated discrete or a non-reparameterized latent, a model without a data plate, a
         ``plate_name`` that does not exist, or a data plate without latent sites.
     """
     plate = _choose_plate(trace, plate_name)
-    local, observed, global_names = [], [], []
+    local, observed, global_names, enumerated = [], [], [], []
     for name, site in trace.nodes.items():
         if site["type"] != "sample" or site_is_subsample(site):
             continue
@@ -208,7 +228,9 @@ def discover_sites(trace: Trace, plate_name: str | None = None) -> SiteLayout:
                 flat = ObservedSite(name, site["fn"].event_dim, 0).flatten(value, plate.dim)
                 observed.append(ObservedSite(name, site["fn"].event_dim, flat.shape[1]))
             continue
-        _check_latent(name, site["fn"])
+        if _is_enumerated(site, plate):
+            enumerated.append(name)
+            continue
         if not in_plate:
             global_names.append(name)
             continue
@@ -245,4 +267,5 @@ def discover_sites(trace: Trace, plate_name: str | None = None) -> SiteLayout:
         observed_sites=tuple(observed),
         global_names=tuple(global_names),
         max_plate_nesting=_max_plate_nesting(trace),
+        enumerated_names=tuple(enumerated),
     )

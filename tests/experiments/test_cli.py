@@ -138,7 +138,7 @@ def test_training_killed_at_random_points_resumes_to_completion(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model", [["hierarchical", "--encode", "gradient,errors"], ["gaussian"],
-                                   ["bow", "--dataset", "corpus"]])
+                                   ["bow", "--dataset", "corpus"], ["mixture"], ["m2"]])
 def test_compare_runs_every_bundled_model(tmp_path, model):
     out = tmp_path / "run"
     args = ["compare", "--model", *model, *TINY, "--methods", "standard,iterative", "--latent-dim", "6", "--out"]
@@ -148,6 +148,8 @@ def test_compare_runs_every_bundled_model(tmp_path, model):
     for entry in metrics["methods"].values():
         assert entry["test_elbo"] < 0 and len(entry["history"]) == 1
         assert ("perplexity" in entry) == (model[0] == "bow")
+        assert ("accuracy" in entry) == (model[0] == "m2")  # on mnist5k-labelled, m2's default data set
+        assert 0 <= entry.get("accuracy", 0) <= 1
     assert (out / "report.md").exists()
 
 
