@@ -271,6 +271,22 @@ def test_module_trains_a_guide_and_rank_zero_checkpoint_loads(tmp_path):
         TrainingCheckpoint.load(checkpoint, config={"name": "other"})
 
 
+def test_a_model_with_an_enumerated_latent_trains_under_trace_enum_elbo():
+    """The loss is any Pyro ELBO: TraceEnum_ELBO sums a mixture's cluster out, and the guide's loss falls."""
+    from pyro.infer import TraceEnum_ELBO
+
+    from pyro_iterative.models import MixturePriorVAE
+
+    with module_local_params():
+        model = MixturePriorVAE(data_dim=12, latent_dim=2, num_clusters=3, hidden_sizes=(16,))
+        x, _ = model.sample(256)
+        guide = IterativeGuide(model, num_iterations=2, hidden_sizes=(16,))
+    history = train_lightning(model, guide, x, epochs=3, batch_size=64, lr=1e-2, binarize_mode="none",
+                              loss=TraceEnum_ELBO(max_plate_nesting=1), quiet=True)
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert torch.isfinite(guide.elbo_trajectory(x[:20])).all()
+
+
 def test_resumed_run_equals_an_uninterrupted_one(tmp_path):
     """Stop after epoch 1 and resume: parameters, optimizer and history match a run of 3 epochs straight."""
 

@@ -16,7 +16,7 @@ from pyro.infer import SVI, TraceEnum_ELBO, config_enumerate
 from pyro.nn import PyroModule, PyroParam
 
 from pyro_iterative import AmortizedGuide, IterativeGuide, OptimizingGuide, PerDatapointGuide, SemiAmortizedGuide
-from pyro_iterative.evaluation import discrete_posterior, log_likelihood
+from pyro_iterative.evaluation import amortization_gap, discrete_posterior, log_likelihood
 from pyro_iterative.inference import InnerELBO
 from pyro_iterative.inference.inner_elbo import per_datapoint_elbo
 
@@ -140,6 +140,17 @@ def test_the_marginal_elbo_is_a_bound_on_the_exact_marginal(mixture):
     elbo = guide.elbo_trajectory(x, num_particles=2000)[-1]
     assert (elbo <= model.exact_joint(x).logsumexp(-1) + 0.01).all()
     assert (elbo > model.exact_joint(x).logsumexp(-1) - 3).all()  # summed out: not a one-cluster bound
+
+
+def test_the_amortization_gap_is_measured_on_the_marginal_elbo(mixture):
+    model, x = mixture
+    guide = IterativeGuide(model, hidden_sizes=(16,))
+    guide.setup(x)
+    result = amortization_gap(model, guide, x, lr=0.05, max_steps=300, patience=50)
+    exact = model.exact_joint(x).logsumexp(-1)
+    assert (result.gap.values > -0.5).all() and result.gap.mean > 1  # an untrained guide leaves a gap
+    assert (result.optimized_elbo.values < exact + 0.5).all()  # a (noisy) lower bound on log p(x)
+    assert (result.optimized_elbo.values > exact - 3).all()  # of the marginal: the cluster is summed out
 
 
 # ------------------------------------------------------------------------------ guides under TraceEnum_ELBO
