@@ -212,7 +212,7 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     compare = commands.add_parser(
         "compare", help="train several methods under one budget and write metrics.json, figures and report.md",
         description="Train the methods side by side (same decoder, data, epochs and latent samples; inference "
-                    "networks within 5%% in parameter count), measure them, and write metrics.json, figures and "
+                    "networks within 5% in parameter count), measure them, and write metrics.json, figures and "
                     "report.md into --out.",
     )
     methods = ", ".join(f"{spec.name} ({spec.label(RunConfig())})" for spec in METHODS)
