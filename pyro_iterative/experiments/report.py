@@ -148,6 +148,11 @@ def _table_rows(metrics: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]
         header += ["Perplexity (ELBO)", "Perplexity (log p(x))"]
         for row, method in zip(rows, methods):
             row += [_fixed(method.get("perplexity")), _fixed(method.get("perplexity_ll"))]
+    if any("accuracy" in method for method in methods):  # models that classify (M2): test accuracy of p(y | x)
+        header += ["Test accuracy (%)"]
+        for row, method in zip(rows, methods):
+            accuracy, se = _number(method.get("accuracy")), _number(method.get("accuracy_se"))
+            row += ["n/a" if accuracy is None else _pm(100 * accuracy, None if se is None else 100 * se)]
     return header, rows
 
 

@@ -150,7 +150,7 @@ def test_compare_runs_every_bundled_model(tmp_path, model):
         assert ("perplexity" in entry) == (model[0] == "bow")
         assert ("accuracy" in entry) == (model[0] == "m2")  # on mnist5k-labelled, m2's default data set
         assert 0 <= entry.get("accuracy", 0) <= 1
-    assert (out / "report.md").exists()
+    assert ("Test accuracy" in (out / "report.md").read_text()) == (model[0] == "m2")
 
 
 # ---------------------------------------------------------------------------------------------- Lightning options
