@@ -323,14 +323,8 @@ class InnerELBO:
             )
         dim = self.particle_dim
         guide_trace, model_trace = self.trace(args, kwargs, params, batch, global_values)
-        plate = self.layout.plate
-        log_p = enumerated_log_density(model_trace, plate, dim, keep=site)
-        guide_trace.compute_log_prob(lambda name, node: any(f.name == plate.name for f in node["cond_indep_stack"]))
-        log_q = sum(
-            _per_datapoint(node["log_prob"] / _subsample_factor(node), plate.dim, dim)
-            for node in guide_trace.nodes.values() if node["type"] == "sample" and "log_prob" in node
-        )
-        weights = log_p - log_q.unsqueeze(-1)
+        log_p = enumerated_log_density(model_trace, self.layout.plate, dim, keep=site)
+        weights = log_p - _log_density(guide_trace, self.layout.plate, dim).unsqueeze(-1)
         return weights if dim is not None else weights.unsqueeze(0)
 
     def log_weights(
@@ -396,24 +390,28 @@ def per_datapoint_elbo(
 
         elbo = per_datapoint_elbo(model_trace, guide_trace, layout.plate)
     """
-    elbo = 0.0
-    in_plate = lambda name, site: any(f.name == plate.name for f in site["cond_indep_stack"])  # noqa: E731
     enumerated = any(
         site["type"] == "sample" and site["infer"].get("_enumerate_dim") is not None
         for site in model_trace.nodes.values()
     )
-    traces = ((guide_trace, -1.0),) if enumerated else ((model_trace, 1.0), (guide_trace, -1.0))
     if enumerated:
-        elbo = enumerated_log_density(model_trace, plate, particle_dim)
-    for trace, sign in traces:
-        trace.compute_log_prob(in_plate)
-        for site in trace.nodes.values():
-            if site["type"] == "sample" and "log_prob" in site:
-                log_prob = site["log_prob"] / _subsample_factor(site)
-                elbo = elbo + sign * _per_datapoint(log_prob, plate.dim, particle_dim)
-    if isinstance(elbo, float):
-        raise ValueError(f"No sample site of these traces lies inside the plate '{plate.name}'.")
+        log_p = enumerated_log_density(model_trace, plate, particle_dim)
+    else:
+        log_p = _log_density(model_trace, plate, particle_dim)
+    elbo = log_p - _log_density(guide_trace, plate, particle_dim)
     return elbo.mean(0) if particle_dim is not None and reduce else elbo
+
+
+def _log_density(trace: Trace, plate: CondIndepStackFrame, particle_dim: int | None) -> torch.Tensor:
+    """``([particles,] batch)`` sum of a trace's log-densities inside the data plate, subsampling scales divided out."""
+    trace.compute_log_prob(lambda name, site: any(f.name == plate.name for f in site["cond_indep_stack"]))
+    terms = [
+        _per_datapoint(site["log_prob"] / _subsample_factor(site), plate.dim, particle_dim)
+        for site in trace.nodes.values() if site["type"] == "sample" and "log_prob" in site
+    ]
+    if not terms:
+        raise ValueError(f"No sample site of these traces lies inside the plate '{plate.name}'.")
+    return sum(terms)
 
 
 def enumerated_log_density(
