@@ -7,6 +7,7 @@ re-exported here next to :class:`BagOfWords`.
 from pyro_iterative.data import load_counts, synthetic_corpus
 
 from .bag_of_words import BagOfWords, perplexity
+from .dmm import DMM
 from .factor_analysis import FactorAnalysis
 from .gaussian_vae import GaussianVAE
 from .hierarchical_vae import HierarchicalVAE
@@ -20,6 +21,7 @@ from .vae import VAE
 
 __all__ = [
     "BagOfWords",
+    "DMM",
     "FactorAnalysis",
     "GaussianVAE",
     "HierarchicalVAE",

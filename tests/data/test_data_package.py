@@ -8,7 +8,7 @@ import pytest
 
 from pyro_iterative import data
 
-SUBMODULES = ("arrays", "binarization", "corpora", "mnist")
+SUBMODULES = ("arrays", "binarization", "chorales", "corpora", "mnist")
 
 
 def test_all_is_sorted_and_complete():
