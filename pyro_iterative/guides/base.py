@@ -17,9 +17,9 @@ the ELBO and its gradient live in :mod:`pyro_iterative.inference`.
 
 from __future__ import annotations
 
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable
 
 import pyro
 import pyro.distributions as dist
@@ -401,8 +401,7 @@ class LocalGuide(AutoGuide):
         plates, batch = self._plates_and_batch(args, kwargs)
         result = self.global_guide(*args, **kwargs) if self.global_guide is not None else {}
         fixed_globals = {name: value.detach() for name, value in result.items()}
-        with self._model_state_kept():
-            refinement = self._refine(args, kwargs, batch, fixed_globals)
+        refinement = self._refine(args, kwargs, batch, fixed_globals)
         params = self._local_params(refinement.lam)
         for site in self.layout.local_sites:
             with ExitStack() as stack:
@@ -416,20 +415,6 @@ class LocalGuide(AutoGuide):
                 # Zero-valued: it changes no loss value, only adds the networks' own gradient.
                 pyro.factor(f"_{type(self).__name__}_network_loss", loss - loss.detach(), has_rsample=True)
         return result
-
-    @contextmanager
-    def _model_state_kept(self) -> Iterator[None]:
-        """The guide's own passes through the model leave its buffers (batch-norm running statistics) as they were:
-        only the outer loss's model pass, at the final q, updates them, as for any other guide."""
-        buffers = list(self.model.buffers()) if isinstance(self.model, torch.nn.Module) else []
-        saved = [buffer.detach().clone() for buffer in buffers]
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for buffer, value in zip(buffers, saved):
-                    if not torch.equal(buffer, value):  # copy only what changed: an eval-mode buffer may be in a graph
-                        buffer.copy_(value)
 
     # ------------------------------------------------------------------ inspection
 
@@ -455,9 +440,7 @@ class LocalGuide(AutoGuide):
         with torch.no_grad(), poutine.block():
             _, batch = self._plates_and_batch(args, kwargs)
             global_values = self.global_guide(*args, **kwargs) if self.global_guide is not None else {}
-            with self._model_state_kept():
-                refinement = self._refine(args, kwargs, batch, global_values, num_iterations=num_iterations,
-                                          record=record)
+            refinement = self._refine(args, kwargs, batch, global_values, num_iterations=num_iterations, record=record)
         return LocalInference(self.layout, batch, global_values, refinement)
 
     def elbo_trajectory(

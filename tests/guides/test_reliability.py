@@ -97,26 +97,3 @@ def test_log_scales_are_clamped_to_the_documented_range(model):
     lam = torch.tensor([[0.0, 0.0, 100.0, -100.0]])
     _, scale = local_params(guide.layout, {"z": lam})["z"]
     assert torch.allclose(scale, torch.tensor([LOG_SCALE_RANGE[1], LOG_SCALE_RANGE[0]]).exp())
-
-
-@pytest.mark.parametrize("kind", ["iterative", "semi_amortized"])
-def test_the_guides_own_model_passes_leave_batch_norm_statistics_alone(kind):
-    """Only the outer loss's model pass (at the final q) may update a model's buffers; the guide's own inner passes,
-    K per call and more for the semi-amortized test, at intermediate q's, leave them as they were."""
-    from pyro_iterative.data import synthetic_corpus
-    from pyro_iterative.models import ProdLDA
-
-    model = ProdLDA(vocab_size=30, num_topics=3)
-    x = synthetic_corpus(40, vocab_size=30, seed=0).float()
-    guide = {"iterative": IterativeGuide(model, num_iterations=3, hidden_sizes=(16,)),
-             "semi_amortized": SemiAmortizedGuide(model, num_steps=2, hidden_sizes=(16,))}[kind]
-    guide.setup(x)
-    before = {name: buffer.clone() for name, buffer in model.named_buffers()}
-    assert before  # batch norm's running statistics
-    guide(x)  # the guide alone, in training mode, with gradients
-    guide.refine(x)
-    for name, buffer in model.named_buffers():
-        assert torch.equal(buffer, before[name]), name
-    svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
-    svi.step(x)  # the outer model pass does update them
-    assert not all(torch.equal(buffer, before[name]) for name, buffer in model.named_buffers())
