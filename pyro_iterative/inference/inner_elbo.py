@@ -186,14 +186,15 @@ class InnerELBO:
         ``None`` for one particle, or when the particles are drawn one at a time."""
         if self.num_particles == 1 or self.vectorize is False:
             return None
-        active = len(_DIM_ALLOCATOR._stack)
-        return -(max(self.layout.max_plate_nesting, active) + 1)
+        return self._leftmost_free_dim()
+
+    def _leftmost_free_dim(self) -> int:
+        # Pyro's dim allocator is global, even under poutine.block: count the plates active around the call.
+        return -(max(self.layout.max_plate_nesting, len(_DIM_ALLOCATOR._stack)) + 1)
 
     def _first_enum_dim(self, particle_dim: int | None) -> int:
         """Where enumerated values go: left of the particle plate, the model's plates and any active plate."""
-        if particle_dim is not None:
-            return particle_dim - 1
-        return -(max(self.layout.max_plate_nesting, len(_DIM_ALLOCATOR._stack)) + 1)
+        return self._leftmost_free_dim() if particle_dim is None else particle_dim - 1
 
     def _particles(self, dim: int | None) -> ExitStack:
         stack = ExitStack()
