@@ -112,8 +112,18 @@ class AmortizedGuide(LocalGuide):
     ) -> Refinement:
         if num_iterations:
             raise ValueError(f"{type(self).__name__} maps the data to q in one pass; num_iterations does not apply.")
-        return Refinement(lam=self._encode(args, kwargs, batch, global_values))
+        lam, masks = self._encode_with_masks(args, kwargs, batch, global_values)
+        return Refinement(lam=lam, masks=masks)
+
+    def _encode_with_masks(
+        self, args: tuple, kwargs: dict, batch: Batch, global_values: dict[str, torch.Tensor]
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+        """lambda, and the masks of masked local sites where the encoder read them from a model pass of its own
+        (``None``: it did not; the guide then reads them itself)."""
+        return self._encode(args, kwargs, batch, global_values), None
 
     def inference_cost(self, num_iterations: int | None = None) -> ModelPasses:
-        """No backward pass; one forward pass to read the observations unless ``observe`` was given."""
-        return ModelPasses(forward=self._reads_data_by_running_the_model(), backward=0)
+        """No backward pass; one forward pass to read the observations unless ``observe`` was given, and one to read
+        the masks of a model that masks local sites."""
+        return ModelPasses(forward=self._reads_data_by_running_the_model() + self._reads_masks_by_running_the_model(),
+                           backward=0)

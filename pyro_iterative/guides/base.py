@@ -32,7 +32,7 @@ from pyro.poutine.util import site_is_subsample
 from ..inference.batch import Batch, locate_batch
 from ..inference.cost import ModelPasses
 from ..inference.gradient import ELBOGradient
-from ..inference.inner_elbo import InnerELBO, check_observations
+from ..inference.inner_elbo import InnerELBO, check_observations, latent_masks
 from ..inference.parameters import LocalParams, initial_lambda, local_params
 from ..inference.sites import SiteLayout, discover_sites
 
@@ -54,12 +54,16 @@ class Refinement:
     :ivar path: when recording, the intermediate lambdas themselves, one dict per entry of ``elbos``.
     :ivar network_loss: ``(batch,)`` surrogate loss for the inference networks beyond the final ELBO,
         or ``None``. Only its gradient is used: it enters the guide as a zero-valued factor.
+    :ivar masks: the ``(batch,)`` masks of the local sites the model masks (read from a model trace of the batch
+        with :func:`~pyro_iterative.inference.inner_elbo.latent_masks`), or ``None`` when the method ran no model pass
+        that gave them (the guide then runs one to read them, for models that mask local sites).
     """
 
     lam: dict[str, torch.Tensor]
     elbos: list[torch.Tensor] = field(default_factory=list)
     path: list[dict[str, torch.Tensor]] = field(default_factory=list)
     network_loss: torch.Tensor | None = None
+    masks: dict[str, torch.Tensor] | None = None
 
 
 def score_with_common_noise(
@@ -355,6 +359,20 @@ class LocalGuide(AutoGuide):
     def _reads_data_by_running_the_model(self) -> int:
         return int(self.observe is None)
 
+    #: whether :meth:`_refine` returns the masks of masked local sites (from a model pass it runs anyway)
+    _refinement_gives_masks = False
+
+    def _reads_masks_by_running_the_model(self) -> int:
+        """One forward pass where the model masks local sites and :meth:`_refine` does not return their masks."""
+        return int(bool(self.layout is not None and self.layout.masked_names) and not self._refinement_gives_masks)
+
+    def _read_masks(self, args: tuple, kwargs: dict, batch: Batch, global_values: dict[str, torch.Tensor]):
+        """The ``(batch,)`` masks of the masked local sites, from one forward pass of the model at lambda_0."""
+        with torch.no_grad():
+            params = self._local_params(self._initial_lambda(len(batch)))
+            _, model_trace = self._inner_elbo(args, kwargs, params, batch, global_values)
+        return latent_masks(model_trace, self.layout, len(batch))
+
     def inference_cost(self, num_iterations: int | None = None) -> ModelPasses:
         """Model (decoder) passes per datapoint this guide spends to produce q for a batch.
 
@@ -403,10 +421,17 @@ class LocalGuide(AutoGuide):
         fixed_globals = {name: value.detach() for name, value in result.items()}
         refinement = self._refine(args, kwargs, batch, fixed_globals)
         params = self._local_params(refinement.lam)
+        masks = refinement.masks
+        if masks is None and self.layout.masked_names:
+            masks = self._read_masks(args, kwargs, batch, fixed_globals)
         for site in self.layout.local_sites:
             with ExitStack() as stack:
                 for frame in site.frames:
                     stack.enter_context(plates[frame.name])
+                if masks and site.name in masks:  # where the model masks the site, q is masked alike
+                    mask = masks[site.name]
+                    mask = mask.reshape(mask.shape + (1,) * (-self.layout.plate.dim - 1))
+                    stack.enter_context(poutine.mask(mask=mask))
                 result[site.name] = pyro.sample(site.name, site.distribution(*params[site.name]))
         if refinement.network_loss is not None:
             loss = refinement.network_loss

@@ -17,6 +17,7 @@ from ..inference.batch import Batch
 from ..inference.cost import ModelPasses
 from ..inference.encodings import encode_data, encode_gradient, encoded_size, prediction_errors
 from ..inference.gradient import elbo_gradient
+from ..inference.inner_elbo import latent_masks
 from ..inference.networks import DEFAULT_HIDDEN_LAYERS, GatedUpdate, auto_width
 from ..inference.sites import SiteLayout
 from .base import LocalGuide, Refinement
@@ -123,6 +124,8 @@ class IterativeGuide(LocalGuide):
         self.small_init = bool(small_init)
         self.low_memory = bool(low_memory)
 
+    _refinement_gives_masks = True
+
     @staticmethod
     def _check_iterations(num_iterations: int) -> None:
         if not isinstance(num_iterations, int) or num_iterations < 1:
@@ -174,7 +177,7 @@ class IterativeGuide(LocalGuide):
         lam = self._initial_lambda(len(batch))
         training = torch.is_grad_enabled()
         recompute = training and self.low_memory
-        projected, errors, elbos, path, network_loss = [None] * len(nets), None, [], [], None
+        projected, errors, elbos, path, network_loss, masks = [None] * len(nets), None, [], [], None, None
         for t in range(num_iterations):
             leaves = {name: value.detach().requires_grad_() for name, value in lam.items()}
             step = self._count_nonfinite(
@@ -184,6 +187,8 @@ class IterativeGuide(LocalGuide):
             if record:
                 elbos.append(elbo.detach())
                 path.append({name: value.detach() for name, value in leaves.items()})
+            if t == 0:
+                masks = latent_masks(model_trace, self.layout, len(batch))
             if t == 0 and "data" in self.encode:
                 data = encode_data(self.data_encoding, self._observed_data(model_trace).to(like.dtype))
                 projected = [net.project(data) for net in nets]
@@ -191,9 +196,7 @@ class IterativeGuide(LocalGuide):
                 errors = prediction_errors(model_trace, self.layout, self._inner_elbo.particle_dim).detach()
                 errors = errors.to(like.dtype)
             if training and t > 0:
-                # d/dphi of sum_i <dELBO_i/dlambda_t, lambda_t> is d/dphi of sum_i ELBO_i(lambda_t).
-                term = sum((grad * lam[site.name]).sum(-1) for site, grad in zip(sites, grads))
-                network_loss = -term if network_loss is None else network_loss - term
+                network_loss = self._add_elbo_of(lam, step.grads, network_loss)
             new_lam = {}
             for site, net, grad, projection in zip(sites, nets, grads, projected):
                 previous = leaves[site.name].detach()
@@ -206,12 +209,28 @@ class IterativeGuide(LocalGuide):
                 new_lam[site.name] = step.keep_finite(new_lam[site.name], previous)
             lam = new_lam
         if training:
-            # The final ELBO, scored by the outer loss, counts 1/K towards the networks' averaged objective;
-            # the model sees the same values (this only scales the gradient that reaches the networks).
-            lam = {name: value.detach() + (value - value.detach()) / num_iterations for name, value in lam.items()}
-            if network_loss is not None:
-                network_loss = network_loss / num_iterations
-        return Refinement(lam=lam, elbos=elbos, path=path, network_loss=network_loss)
+            lam, network_loss = self._averaged_over_iterations(lam, network_loss, num_iterations)
+        return Refinement(lam=lam, elbos=elbos, path=path, network_loss=network_loss, masks=masks)
+
+    @staticmethod
+    def _add_elbo_of(
+        lam: dict[str, torch.Tensor], grads: dict[str, torch.Tensor], network_loss: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The networks' surrogate loss with the ELBO at ``lam`` (an updated estimate) added: ``-<grad, lam>`` per
+        datapoint, whose gradient with respect to the networks is that of the ELBO at ``lam`` (inner gradients
+        detached)."""
+        term = sum((grads[name] * value).sum(-1) for name, value in lam.items())
+        return -term if network_loss is None else network_loss - term
+
+    @staticmethod
+    def _averaged_over_iterations(
+        lam: dict[str, torch.Tensor], network_loss: torch.Tensor | None, num_iterations: int
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """For training: the final ELBO, scored by the outer loss, counts 1/K towards the networks' averaged
+        objective, and the surrogate loss of the other iterations is averaged alike; the model sees the same values
+        (this only scales the gradient that reaches the networks)."""
+        lam = {name: value.detach() + (value - value.detach()) / num_iterations for name, value in lam.items()}
+        return lam, None if network_loss is None else network_loss / num_iterations
 
     def _update(self, net: GatedUpdate, previous: torch.Tensor, grad: torch.Tensor, projected, errors) -> torch.Tensor:
         """One site's update from its current lambda, the encoded inputs and the data's projection (or None)."""

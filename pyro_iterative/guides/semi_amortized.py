@@ -15,7 +15,7 @@ import torch
 from ..inference.batch import Batch
 from ..inference.cost import ModelPasses
 from ..inference.gradient import elbo_gradient
-from ..inference.inner_elbo import InnerELBO
+from ..inference.inner_elbo import InnerELBO, latent_masks
 from .amortized import AmortizedGuide
 from .base import Refinement
 
@@ -104,6 +104,8 @@ class SemiAmortizedGuide(AmortizedGuide):
         self.backprop = bool(backprop)
         self._tester: InnerELBO | None = None
 
+    _refinement_gives_masks = True
+
     @staticmethod
     def _check_steps(num_steps: int) -> None:
         if not isinstance(num_steps, int) or num_steps < 1:
@@ -173,6 +175,7 @@ class SemiAmortizedGuide(AmortizedGuide):
         device = next(iter(start.values())).device
         devices = [device] if device.type == "cuda" else []
         lam, (leaves, step) = dict(start), gradient(start)
+        masks = latent_masks(step.model_trace, self.layout, len(batch))
         velocity = {name: torch.zeros_like(value) for name, value in start.items()}
         size = torch.full_like(step.elbo.detach(), self.lr).unsqueeze(-1)
         elbos, path, network_loss = [], [], None
@@ -207,5 +210,6 @@ class SemiAmortizedGuide(AmortizedGuide):
             pulled = [torch.zeros_like(start[n]) if g is None else g for n, g in zip(names, pulled)]
             network_loss = -sum((grad.detach() * encoded[name]).sum(-1) for name, grad in zip(names, pulled))
         return Refinement(
-            lam={name: value.detach() for name, value in lam.items()}, elbos=elbos, path=path, network_loss=network_loss
+            lam={name: value.detach() for name, value in lam.items()}, elbos=elbos, path=path,
+            network_loss=network_loss, masks=masks,
         )

@@ -47,13 +47,15 @@ from pyro.poutine.util import site_is_subsample
 
 from .batch import Batch
 from .parameters import LocalParams
-from .sites import ObservedSite, SiteLayout
+from .sites import ObservedSite, SiteLayout, model_mask
 
 __all__ = [
     "InnerELBO",
     "ReplayScorer",
     "check_observations",
+    "datapoint_mask",
     "enumerated_log_density",
+    "latent_masks",
     "per_datapoint_elbo",
 ]
 
@@ -72,6 +74,47 @@ def _per_datapoint(log_prob: torch.Tensor, plate_dim: int, particle_dim: int | N
         return log_prob.movedim(plate_dim, 0).reshape(log_prob.shape[plate_dim], -1).sum(-1)
     moved = log_prob.movedim((particle_dim, plate_dim), (0, 1))
     return moved.reshape(moved.shape[0], moved.shape[1], -1).sum(-1)
+
+
+def datapoint_mask(site: dict, plate_dim: int, batch_size: int) -> torch.Tensor | None:
+    """``(batch,)``: whether the model counts a sample site for each datapoint (``False`` where its mask is off
+    everywhere inside the datapoint, e.g. a time step beyond a sequence's end); ``None`` for an unmasked site.
+
+    Usage::
+
+        datapoint_mask(model_trace.nodes["z_7"], layout.plate.dim, len(batch))
+    """
+    mask = model_mask(site)
+    if mask is None:
+        return None
+    mask = torch.as_tensor(mask, device=site["value"].device)
+    shape = torch.broadcast_shapes(mask.shape, site["fn"].batch_shape, (batch_size,) + (1,) * (-plate_dim - 1))
+    mask = mask.expand(shape)
+    return mask.movedim(plate_dim, 0).reshape(batch_size, -1).any(-1)
+
+
+def latent_masks(model_trace: Trace, layout: SiteLayout, batch_size: int) -> dict[str, torch.Tensor]:
+    """``(batch,)`` masks of the local sites the model masks (:attr:`SiteLayout.masked_names`), read from a model
+    trace of the batch (as :class:`InnerELBO` returns it); q is masked alike, so that a step beyond a sequence's end
+    counts in neither the model's log-density nor q's.
+
+    Usage::
+
+        _, model_trace = inner(args, kwargs, params, batch, {})
+        latent_masks(model_trace, layout, len(batch))["z_7"]
+    """
+    masks = {}
+    for name in layout.masked_names:
+        mask = datapoint_mask(model_trace.nodes[name], layout.plate.dim, batch_size)
+        if mask is not None:
+            masks[name] = mask
+    return masks
+
+
+def _mask_log_q(log_q: torch.Tensor, site: dict, plate_dim: int, batch_size: int) -> torch.Tensor:
+    """A local site's per-datapoint ``log q`` with the datapoints the model masks at that site set to 0."""
+    mask = datapoint_mask(site, plate_dim, batch_size)
+    return log_q if mask is None else torch.where(mask, log_q, torch.zeros((), dtype=log_q.dtype))
 
 
 class ReplayScorer(Messenger):
@@ -227,6 +270,8 @@ class InnerELBO:
             model = poutine.replay(model, trace=guide_trace)
             with self._particles(dim):
                 model_trace = poutine.trace(model).get_trace(*args, **kwargs)
+        for name, mask in latent_masks(model_trace, self.layout, len(batch)).items():  # q counts where p counts
+            guide_trace.nodes[name]["mask"] = mask.reshape(mask.shape + (1,) * (-self.layout.plate.dim - 1))
         return guide_trace, model_trace
 
     def _score(
@@ -240,7 +285,7 @@ class InnerELBO:
     ) -> tuple[torch.Tensor, Trace]:
         """The fast path: ``([particles,] batch)`` log-weights ``log p - log q`` and the kept model sites."""
         dim = self.particle_dim
-        values, log_q = dict(global_values), None
+        values, log_q = dict(global_values), {}
         for site in self.layout.local_sites:
             # Drawn as the inner guide's plates would draw it: expanded over the particles, then rsample(). q's
             # parameters are this package's own (their non-finite values are caught by the guides): not validated.
@@ -250,15 +295,16 @@ class InnerELBO:
                 q = q.expand(shape[:dim] + (self.num_particles,) + shape[dim + 1 :])
             value = q.rsample()
             values[site.name] = value
-            site_log_q = _per_datapoint(q.log_prob(value), self.layout.plate.dim, dim)
-            log_q = site_log_q if log_q is None else log_q + site_log_q
+            log_q[site.name] = _per_datapoint(q.log_prob(value), self.layout.plate.dim, dim)
         check = self.layout.observed_sites if check_data else ()
         scorer = ReplayScorer(values, batch, self.layout.plate, dim, self._keep, check)
         with poutine.block(), self._particles(dim), scorer:
             self.model(*args, **kwargs)
         if scorer.log_density is None:
             raise ValueError(f"No sample site of the model lies inside the plate '{self.layout.plate_name}'.")
-        return scorer.log_density - log_q, scorer.trace
+        for name in self.layout.masked_names:  # q counts where the model counts the site
+            log_q[name] = _mask_log_q(log_q[name], scorer.trace.nodes[name], self.layout.plate.dim, len(batch))
+        return scorer.log_density - sum(log_q.values()), scorer.trace
 
     def _log_weights(self, args, kwargs, params, batch, global_values, check_data=False) -> tuple[torch.Tensor, Trace]:
         """``([particles,] batch)`` log-weights (the particle dim when there are several) and a model trace."""

@@ -27,6 +27,7 @@ __all__ = [
     "ObservedSite",
     "SiteLayout",
     "discover_sites",
+    "model_mask",
 ]
 
 
@@ -58,6 +59,7 @@ class LocalSite:
     plate_position: int
     frames: tuple[CondIndepStackFrame, ...]
     value_size: int  # values per datapoint in the site's own (constrained) space
+    masked: bool = False  # the model masks it (poutine.mask or Distribution.mask): q is masked alike
 
     @property
     def size(self) -> int:
@@ -133,9 +135,47 @@ class SiteLayout:
         return self.plate.name
 
     @property
+    def masked_names(self) -> tuple[str, ...]:
+        """The local sites the model masks (q is masked alike, see :func:`model_mask`)."""
+        return tuple(site.name for site in self.local_sites if site.masked)
+
+    @property
     def data_size(self) -> int:
         """Number of observed values per datapoint, summed over observed sites."""
         return sum(site.size for site in self.observed_sites)
+
+
+def model_mask(site: dict) -> torch.Tensor | bool | None:
+    """The mask the model puts on a sample site, over its distribution's batch shape: ``poutine.mask``'s and every
+    :meth:`~pyro.distributions.Distribution.mask` in the distribution (through ``to_event``), combined; ``None``
+    when the site is not masked.
+
+    Usage::
+
+        model_mask(trace.nodes["z_3"])   # e.g. a (batch,) bool tensor: False where the sequence has ended
+    """
+    masks, fn, reinterpreted = [], site["fn"], 0
+    while True:
+        if isinstance(fn, dist.MaskedDistribution):
+            # Pyro keeps the mask in MaskedDistribution._mask (a bool, or a tensor over the base batch shape).
+            mask = fn._mask
+            if isinstance(mask, torch.Tensor) and reinterpreted:
+                mask = mask.expand(fn.batch_shape).any(tuple(range(-reinterpreted, 0)))
+            masks.append(mask)
+            fn = fn.base_dist
+        elif isinstance(fn, dist.Independent):
+            reinterpreted += fn.reinterpreted_batch_ndims
+            fn = fn.base_dist
+        else:
+            break
+    if site.get("mask") is not None:
+        masks.append(site["mask"])
+    if not masks:
+        return None
+    combined = masks[0]
+    for mask in masks[1:]:
+        combined = combined & mask
+    return combined
 
 
 def _is_enumerated(site: dict, plate: CondIndepStackFrame) -> bool:
@@ -254,6 +294,7 @@ def discover_sites(trace: Trace, plate_name: str | None = None) -> SiteLayout:
                 plate_position=position,
                 frames=tuple(f for f in site["cond_indep_stack"] if f.vectorized),
                 value_size=site["value"].numel() // plate.size,
+                masked=model_mask(site) is not None,
             )
         )
     if not local:
