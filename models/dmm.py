@@ -118,7 +118,7 @@ class DMM(PyroModule):
     def forward(
         self,
         sequences: Tensor,
-        lengths: Tensor,
+        lengths: Tensor | None = None,
         subsample_size: int | None = None,
         subsample: Tensor | None = None,
         *,
@@ -135,22 +135,27 @@ class DMM(PyroModule):
         :return: the latent path, of shape ``(B, T_max, z_dim)`` (or ``(P, B, T_max, z_dim)`` under an outer
             particle plate at ``dim=-2``).
         """
-        lengths = self._check_data(sequences, lengths)
+        if lengths is not None:
+            lengths = self._check_data(sequences, lengths)
+        else:
+            self._check_data(sequences, torch.zeros(len(sequences), dtype=torch.long))
         if not 0 <= float(annealing_factor) < math.inf:
             raise ValueError(f"annealing_factor must be a finite non-negative number, got {annealing_factor!r}")
         num, max_length = sequences.shape[0], sequences.shape[1]
+        # Read the networks once: each attribute read of a PyroModule registers its parameters with Pyro again.
+        transition, emitter, z_0 = self.transition, self.emitter, self.z_0
         zs = []
         with pyro.plate("sequences", num, subsample_size=subsample_size, subsample=subsample, dim=-1) as idx:
             batch = sequences[idx]
-            batch_lengths = lengths[idx]
-            z_prev = self.z_0.expand(len(idx), self.z_dim)
+            batch_lengths = self.nan_padded_lengths(batch) if lengths is None else lengths[idx]
+            z_prev = z_0.expand(len(idx), self.z_dim)
             for t in pyro.markov(range(max_length)):
                 mask = batch_lengths > t  # (B,): the steps that exist
-                loc, scale = self.transition(z_prev)
+                loc, scale = transition(z_prev)
                 with poutine.scale(scale=float(annealing_factor)):
                     z = pyro.sample(f"z_{t + 1}", dist.Normal(loc, scale).to_event(1).mask(mask))
                 x = torch.where(mask.unsqueeze(-1), batch[:, t], torch.zeros((), dtype=batch.dtype))
-                likelihood = dist.Bernoulli(logits=self.emitter(z), validate_args=False).to_event(1)
+                likelihood = dist.Bernoulli(logits=emitter(z), validate_args=False).to_event(1)
                 pyro.sample(f"x_{t + 1}", likelihood.mask(mask), obs=x)
                 zs.append(z)
                 z_prev = z
@@ -205,6 +210,27 @@ class DMM(PyroModule):
             x = torch.bernoulli(probs, generator=generator)
             sequences[:, t] = x * (lengths > t).unsqueeze(-1).to(x.dtype)
         return sequences, lengths.cpu()
+
+    @staticmethod
+    def nan_padded_lengths(sequences: Tensor) -> Tensor:
+        """The lengths of sequences ``(N, T_max, data_dim)`` padded with NaN: each one's number of steps without NaN.
+
+        Usage::
+
+            DMM.nan_padded_lengths(torch.tensor([[[0.0], [1.0], [float("nan")]]]))   # tensor([2])
+
+        :raises ValueError: where a NaN step comes before a real one (NaN may only pad a sequence's end).
+        """
+        real = ~torch.isnan(sequences).any(-1)  # (N, T_max)
+        lengths = real.sum(-1)
+        steps = torch.arange(sequences.shape[1], device=sequences.device)
+        if not torch.equal(real, steps < lengths.unsqueeze(-1)):
+            row = int((real != (steps < lengths.unsqueeze(-1))).any(-1).nonzero()[0])
+            raise ValueError(
+                f"Sequence {row} of the batch has NaN steps before real ones; without lengths, NaN marks only the "
+                "padding after a sequence's last step. Replace missing values inside a sequence, or pass lengths."
+            )
+        return lengths
 
     def _check_data(self, sequences: Tensor, lengths: Tensor) -> Tensor:
         if not isinstance(sequences, Tensor) or sequences.dim() != 3 or sequences.shape[-1] != self.data_dim:

@@ -2,7 +2,10 @@
 
 Guides (all Pyro guides, usable with SVI and Predictive): :class:`IterativeGuide` (learned iterative
 refinement), :class:`AmortizedGuide` (the standard encoder), :class:`SemiAmortizedGuide` (encoder plus
-gradient steps), :class:`PerDatapointGuide` (variational EM). :func:`optimize_local` optimizes q for a
+gradient steps), :class:`PerDatapointGuide` (variational EM with stored q), :class:`OptimizingGuide` (q optimized at
+every call); for sequence models (``pyro.markov`` loops, one site per step) :class:`SequentialIterativeGuide` (one
+update network shared by every step), :class:`SequenceEncoderGuide` (the deep Markov model's inference network) and
+:class:`SequenceSemiAmortizedGuide`. :func:`optimize_local` optimizes q for a
 batch with a torch optimizer. The package is layered: :mod:`pyro_iterative.inference` (the machinery),
 :mod:`pyro_iterative.guides`, then evaluation, optimization and matching, :mod:`pyro_iterative.data`, and
 :mod:`pyro_iterative.experiments` (training runs, the comparison, its report; data-parallel training with
@@ -25,10 +28,13 @@ from .guides import (
     OptimizingGuide,
     PerDatapointGuide,
     SemiAmortizedGuide,
+    SequenceEncoderGuide,
+    SequenceSemiAmortizedGuide,
+    SequentialIterativeGuide,
     TrainableGuide,
 )
 from .inference import LocalOptimization, ModelPasses
-from .matching import inference_parameters, matched_amortized_guide
+from .matching import inference_parameters, matched_amortized_guide, matched_sequence_encoder
 from .optimization import optimize_local
 
 __all__ = [
@@ -41,9 +47,13 @@ __all__ = [
     "OptimizingGuide",
     "PerDatapointGuide",
     "SemiAmortizedGuide",
+    "SequenceEncoderGuide",
+    "SequenceSemiAmortizedGuide",
+    "SequentialIterativeGuide",
     "TrainableGuide",
     "inference_parameters",
     "matched_amortized_guide",
+    "matched_sequence_encoder",
     "optimize_local",
 ]
 

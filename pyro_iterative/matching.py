@@ -2,7 +2,8 @@
 
 The review of the paper asked whether iterative inference wins because it is better or because it is
 bigger. Methods compared in one table should have inference networks within 5% in parameter count;
-this module counts them and builds a matching :class:`~pyro_iterative.guides.amortized.AmortizedGuide`.
+this module counts them and builds a matching :class:`~pyro_iterative.guides.amortized.AmortizedGuide` (or, for
+sequence models, :class:`~pyro_iterative.guides.sequence_encoder.SequenceEncoderGuide`).
 The cost in model passes is reported by each guide's ``inference_cost()``.
 """
 
@@ -13,12 +14,26 @@ from typing import Callable
 from .guides.amortized import AmortizedGuide
 from .guides.iterative import IterativeGuide
 from .guides.protocol import TrainableGuide
+from .guides.sequence_encoder import SequenceEncoderGuide
 from .inference.networks import DEFAULT_HIDDEN_LAYERS
+from .inference.time_steps import step_of
 
 __all__ = [
     "inference_parameters",
     "matched_amortized_guide",
+    "matched_sequence_encoder",
 ]
+
+
+def _closest(count: Callable[[int], int], target: int) -> int:
+    """The positive integer whose ``count`` (increasing) is closest to ``target``, by doubling then bisection."""
+    low, high = 1, 1
+    while count(high) < target:
+        high *= 2
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if count(middle) < target else (low, middle)
+    return min((low, high), key=lambda w: abs(count(w) - target))
 
 
 def inference_parameters(guide: TrainableGuide) -> int:
@@ -69,13 +84,7 @@ def matched_amortized_guide(
         # The networks alone, for the reference's layout: the model need not run again.
         return sum(p.numel() for p in AmortizedGuide.build_encoder(reference.layout, (width,) * layers).parameters())
 
-    low, high = 1, 1
-    while count(high) < target:
-        high *= 2
-    while high - low > 1:
-        middle = (low + high) // 2
-        low, high = (middle, high) if count(middle) < target else (low, middle)
-    width = min((low, high), key=lambda w: abs(count(w) - target))
+    width = _closest(count, target)
     achieved = count(width)
     if abs(achieved - target) > tolerance * target:
         raise ValueError(
@@ -83,3 +92,33 @@ def matched_amortized_guide(
             f"{width}, has {achieved}. Change num_layers."
         )
     return AmortizedGuide(model, hidden_sizes=(width,) * layers, **options).setup(*args, **kwargs)
+
+
+def matched_sequence_encoder(
+    model: Callable, reference: TrainableGuide, *args, tolerance: float = 0.05,
+    guide_class: type = SequenceEncoderGuide, guide_options: dict | None = None, **kwargs,
+) -> SequenceEncoderGuide:
+    """A :class:`~pyro_iterative.guides.sequence_encoder.SequenceEncoderGuide` (or ``guide_class``, a subclass) whose
+    GRU and combiner have as many parameters as ``reference``'s networks, within ``tolerance``: its ``rnn_dim`` is
+    chosen by bisection. ``args`` and ``kwargs`` are the model's arguments.
+
+    Usage::
+
+        iterative = SequentialIterativeGuide(dmm, hidden_sizes=(200, 200)).setup(x, lengths)
+        encoder = matched_sequence_encoder(dmm, iterative, x, lengths)
+        inference_parameters(encoder) / inference_parameters(iterative)   # within 1 +- 0.05
+
+    :raises ValueError: when no ``rnn_dim`` lands within ``tolerance``.
+    """
+    reference.setup(*args, **kwargs)
+    target = inference_parameters(reference)
+    options = dict(guide_options or {})
+    time = SequenceEncoderGuide.shared_time_layout(reference.layout, options.get("step", step_of))
+    width = _closest(lambda r: SequenceEncoderGuide.encoder_parameters(time, r), target)
+    achieved = SequenceEncoderGuide.encoder_parameters(time, width)
+    if abs(achieved - target) > tolerance * target:
+        raise ValueError(
+            f"No sequence encoder has {target} parameters within {tolerance:.0%}: the closest, rnn_dim {width}, has "
+            f"{achieved}."
+        )
+    return guide_class(model, rnn_dim=width, **options).setup(*args, **kwargs)

@@ -10,7 +10,8 @@
 - :mod:`~pyro_iterative.inference.optimize`: lambda optimized with a torch optimizer;
 - :mod:`~pyro_iterative.inference.encodings` and :mod:`~pyro_iterative.inference.networks`: what the update
   networks read, and the networks themselves;
-- :mod:`~pyro_iterative.inference.cost`: model passes, the unit of inference cost.
+- :mod:`~pyro_iterative.inference.cost`: model passes, the unit of inference cost;
+- :mod:`~pyro_iterative.inference.time_steps`: which local sites are the time steps of one latent (sequence models).
 
 Nothing here is a guide (see :mod:`pyro_iterative.guides`) or knows about training runs; this layer imports
 nothing else from the package.
@@ -20,11 +21,12 @@ from .batch import Batch, locate_batch
 from .cost import ModelPasses
 from .encodings import GRADIENT_ENCODINGS, encode_gradient, encoded_size, prediction_errors
 from .gradient import ELBOGradient, elbo_gradient
-from .inner_elbo import InnerELBO, ReplayScorer, check_observations, per_datapoint_elbo
+from .inner_elbo import InnerELBO, ReplayScorer, check_observations, latent_masks, per_datapoint_elbo
 from .networks import GatedUpdate, mlp
 from .optimize import DEFAULT_LEARNING_RATES, OPTIMIZERS, LocalOptimization, check_optimizer_settings, optimize_lambda
 from .parameters import CONSTRAINED_LOG_SCALE_RANGE, LOG_SCALE_RANGE, LocalParams, initial_lambda, local_params
-from .sites import LocalSite, ObservedSite, SiteLayout, discover_sites
+from .sites import LocalSite, ObservedSite, SiteLayout, discover_sites, model_mask
+from .time_steps import StepGroup, TimeLayout, step_of, time_layout
 
 __all__ = [
     "Batch",
@@ -43,6 +45,8 @@ __all__ = [
     "ObservedSite",
     "ReplayScorer",
     "SiteLayout",
+    "StepGroup",
+    "TimeLayout",
     "check_observations",
     "check_optimizer_settings",
     "discover_sites",
@@ -50,10 +54,14 @@ __all__ = [
     "encode_gradient",
     "encoded_size",
     "initial_lambda",
+    "latent_masks",
     "local_params",
     "locate_batch",
     "mlp",
+    "model_mask",
     "optimize_lambda",
     "per_datapoint_elbo",
     "prediction_errors",
+    "step_of",
+    "time_layout",
 ]
