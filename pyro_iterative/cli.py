@@ -216,8 +216,9 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
                     "report.md into --out.",
     )
     methods = ", ".join(f"{spec.name} ({spec.label(RunConfig())})" for spec in METHODS)
-    compare.add_argument("--methods", type=_names("method", METHODS.names()), default=METHODS.names(),
-                         help=f"comma-separated methods, from: {methods} (default: all)")
+    defaults = "; ".join(f"{','.join(model.methods)} for {model.name}" for model in MODELS)
+    compare.add_argument("--methods", type=_names("method", METHODS.names()), default=None,
+                         help=f"comma-separated methods, from: {methods} (default: the model's: {defaults})")
     compare.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoints")
     _run_options(compare)
     train_parser = commands.add_parser("train", help="train one method, checkpointing every epoch",
@@ -289,6 +290,7 @@ def _run(parser: argparse.ArgumentParser, train_parser: argparse.ArgumentParser,
 
     methods = (args.method,) if args.command == "train" else args.methods
     config = _config(args, methods)
+    methods = config.methods  # the model's methods unless given (open_run_dir may add a run's earlier ones to config)
     lightning = _lightning_options(train_parser, args, argv, config.batch_size) if args.command == "train" else None
     if lightning is not None:
         return _train_lightning(args, config, lightning)

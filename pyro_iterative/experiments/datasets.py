@@ -15,6 +15,7 @@ import torch
 
 from .. import models
 from ..data.binarization import static_binarize
+from ..data.chorales import cut_sequences, load_chorales, nan_padded
 from ..data.corpora import synthetic_corpus
 from ..data.mnist import load_mnist, load_mnist5k
 from .config import RunConfig
@@ -70,6 +71,19 @@ def _mnist5k_test_labels(config: RunConfig) -> torch.Tensor:
     return load_mnist5k(seed=0).y_test
 
 
+#: Steps of the pieces the ``chorales`` data set cuts the chorales into (16 bars of 4/4 at one step per quarter note).
+CHORALE_STEPS = 64
+
+
+def _chorales(config: RunConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    # Split by chorale (seed 0; the validation chorales are not used), then cut into pieces of at most CHORALE_STEPS
+    # steps, NaN-padded to one length: the DMM runs every batch over the padded length, so pieces bound its cost.
+    split = load_chorales(seed=0)
+    pieces = [cut_sequences(x, lengths, CHORALE_STEPS) for x, lengths in
+              ((split.train, split.train_lengths), (split.test, split.test_lengths))]
+    return tuple(nan_padded(x, lengths, CHORALE_STEPS) for x, lengths in pieces)
+
+
 def _mnist(config: RunConfig) -> tuple[torch.Tensor, torch.Tensor]:
     split = load_mnist(config.data_dir)
     return split.x_train, split.x_test
@@ -81,6 +95,7 @@ DATASETS.register(DatasetSpec("mnist5k", _mnist5k))
 DATASETS.register(DatasetSpec("mnist", _mnist))
 DATASETS.register(DatasetSpec("mnist5k-labelled", _mnist5k_labelled, _mnist5k_test_labels))
 DATASETS.register(DatasetSpec("corpus", _corpus))
+DATASETS.register(DatasetSpec("chorales", _chorales))
 
 
 def train_test_split(data: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

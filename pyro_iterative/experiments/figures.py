@@ -1,4 +1,5 @@
-"""The data of a comparison's figures: optimizer comparison, reconstructions per iteration, 2-D posterior.
+"""The data of a comparison's figures: optimizer comparison, reconstructions per iteration (images, or piano rolls for
+sequence models), 2-D posterior.
 
 :func:`figure_data` computes the ``figures`` entry of metrics.json from the trained iterative guide; every
 density and reconstruction comes from running the bundled model itself
@@ -27,6 +28,7 @@ from .registry import MODELS
 __all__ = [
     "figure_data",
     "optimizer_curves",
+    "piano_rolls",
     "posterior_2d",
     "reconstructions",
 ]
@@ -62,6 +64,21 @@ def reconstructions(model: torch.nn.Module, guide: IterativeGuide, x: torch.Tens
     inference = guide.refine(x, record=True)
     return {"data": x.tolist(), "iterations": [reconstruction(model, inference, x, lam=lam).tolist()
                                                for lam in inference.lams]}
+
+
+def piano_rolls(model: torch.nn.Module, guide: IterativeGuide, x: torch.Tensor) -> dict:
+    """Sequences ``x`` (NaN-padded ``(n, T, keys)``) and the model's predicted key probabilities at q after each
+    inference iteration, each cut to its sequence's length: ``{"data": [n x (length x keys)], "iterations":
+    [(K+1) x n x (length x keys)]}``."""
+    inference = guide.refine(x, record=True)
+    lengths = (~torch.isnan(x).any(-1)).sum(-1).tolist()
+    keys = x.shape[-1]
+
+    def rolls(flat: torch.Tensor) -> list:
+        return [row.reshape(-1, keys)[:length].tolist() for row, length in zip(flat, lengths)]
+
+    return {"data": [sequence[:length].tolist() for sequence, length in zip(x, lengths)],
+            "iterations": [rolls(reconstruction(model, inference, x, lam=lam)) for lam in inference.lams]}
 
 
 @own_param_store
@@ -100,7 +117,8 @@ def figure_data(
     log: Callable[[str], None] = print,
 ) -> dict:
     """The ``figures`` entry of metrics.json: the optimizer comparison, and, as the run's model allows
-    (:class:`~pyro_iterative.experiments.registry.ModelSpec`), reconstructions per iteration and the 2-D posterior.
+    (:class:`~pyro_iterative.experiments.registry.ModelSpec`), reconstructions per iteration (images or piano rolls)
+    and the 2-D posterior.
 
     Usage::
 
@@ -110,6 +128,8 @@ def figure_data(
     figures = {"optimizer_comparison": optimizer_curves(config, model, guide, x_eval[: config.gap_datapoints])}
     if spec.images:
         figures["reconstructions"] = reconstructions(model, guide, x_eval[:6])
+    if spec.sequential:
+        figures["piano_rolls"] = piano_rolls(model, guide, x_eval[:3])
     if spec.posterior_2d:
         figures["posterior_2d"] = posterior_2d(config, x_train, x_eval, log)
     return figures

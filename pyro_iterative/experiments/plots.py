@@ -22,6 +22,7 @@ __all__ = [
     "OPTIMIZER_NAMES",
     "plot_all",
     "plot_optimizer_comparison",
+    "plot_piano_rolls",
     "plot_posterior_2d",
     "plot_reconstructions",
     "plot_training_curves",
@@ -33,6 +34,7 @@ FIGURE_FILES: dict[str, str] = {
     "reconstructions": "reconstructions.png",
     "posterior_2d": "posterior_2d.png",
     "training_curves": "training_curves.png",
+    "piano_rolls": "piano_rolls.png",
 }
 
 #: Display names of the curves of the optimizer comparison (other names are shown as they are).
@@ -174,23 +176,56 @@ def plot_reconstructions(data: Mapping[str, Any], path: str | Path) -> Path:
 
         plot_reconstructions(metrics["figures"]["reconstructions"], "out/reconstructions.png")
     """
-    originals = data["data"]
-    iterations = data["iterations"]
-    rows, cols = len(originals), 1 + len(iterations)
-    figure = _new_figure(1.1 * cols + 0.6, 1.1 * rows + 0.8)
+    images = [[_as_image(image) for image in row] for row in _rows_by_datapoint(data)]
+    figure = _panel_grid(images, (1.1, 1.1), "digit", dict(cmap="gray"))
+    figure.suptitle("Decoder mean at each inference iteration")
+    return _save(figure, path)
+
+
+def _rows_by_datapoint(data: Mapping[str, Any]) -> list[list[Any]]:
+    """One row per datapoint: the data, then its reconstruction after each iteration."""
+    return [[original] + [iteration[row] for iteration in data["iterations"]]
+            for row, original in enumerate(data["data"])]
+
+
+def _panel_grid(panels: list[list[np.ndarray]], size: tuple[float, float], row_label: str, style: dict) -> Any:
+    """A figure of grey-level panels, one row per datapoint, columns "data", "t=0", "t=1", ... (values in [0, 1])."""
+    rows, cols = len(panels), len(panels[0])
+    figure = _new_figure(size[0] * cols + 0.6, size[1] * rows + 0.8)
     axes = np.asarray(figure.subplots(rows, cols, squeeze=False))
-    titles = ["data"] + [f"t={t}" for t in range(len(iterations))]
+    titles = ["data"] + [f"t={t}" for t in range(cols - 1)]
     for row in range(rows):
-        images = [originals[row]] + [iteration[row] for iteration in iterations]
-        for col, image in enumerate(images):
+        for col, panel in enumerate(panels[row]):
             ax = axes[row, col]
-            ax.imshow(_as_image(image), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+            ax.imshow(panel, vmin=0.0, vmax=1.0, interpolation="nearest", **style)
             ax.set_xticks([])
             ax.set_yticks([])
             if row == 0:
                 ax.set_title(titles[col], fontsize=10)
-        axes[row, 0].set_ylabel(f"digit {row + 1}", fontsize=9)
-    figure.suptitle("Decoder mean at each inference iteration")
+        axes[row, 0].set_ylabel(f"{row_label} {row + 1}", fontsize=9)
+    return figure
+
+
+def plot_piano_rolls(data: Mapping[str, Any], path: str | Path) -> Path:
+    """The reconstructions of a sequence model: test piano rolls and the predicted key probabilities at q after each
+    inference iteration, one row per sequence (time to the right, the keys any sequence plays upwards).
+
+    :param data: ``metrics["figures"]["piano_rolls"]``: ``data`` (n rolls, each steps x keys) and ``iterations``
+        ((K+1) x n rolls).
+    :param path: the PNG to write.
+    :return: ``path``.
+
+    Usage::
+
+        plot_piano_rolls(metrics["figures"]["piano_rolls"], "out/piano_rolls.png")
+    """
+    rolls = [[np.asarray(roll, dtype=float) for roll in row] for row in _rows_by_datapoint(data)]
+    played = np.nonzero(np.concatenate([row[0] for row in rolls]).max(0) > 0)[0]
+    keys = rolls[0][0].shape[1]
+    low, high = (max(int(played.min()) - 2, 0), min(int(played.max()) + 3, keys)) if len(played) else (0, keys)
+    panels = [[roll[:, low:high].T for roll in row] for row in rolls]  # keys upwards, time to the right
+    figure = _panel_grid(panels, (1.6, 1.4), "sequence", dict(cmap="gray_r", origin="lower", aspect="auto"))
+    figure.suptitle("Key probabilities at each inference iteration")
     return _save(figure, path)
 
 
@@ -334,6 +369,9 @@ def plot_all(metrics: Mapping[str, Any], out_dir: str | Path) -> dict[str, Path]
     if reconstructions and reconstructions.get("data") and reconstructions.get("iterations") and _square(
             reconstructions["data"][0]):
         written["reconstructions"] = plot_reconstructions(reconstructions, out_dir / FIGURE_FILES["reconstructions"])
+    rolls = figure_data.get("piano_rolls")
+    if rolls and rolls.get("data") and rolls.get("iterations"):
+        written["piano_rolls"] = plot_piano_rolls(rolls, out_dir / FIGURE_FILES["piano_rolls"])
     posterior = figure_data.get("posterior_2d")
     if posterior and posterior.get("log_density"):
         written["posterior_2d"] = plot_posterior_2d(posterior, out_dir / FIGURE_FILES["posterior_2d"])

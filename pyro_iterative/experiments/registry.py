@@ -20,6 +20,7 @@ from pyro.infer import ELBO, Trace_ELBO, TraceEnum_ELBO
 
 from .. import models
 from ..data.arrays import load_array
+from ..data.chorales import load_sequences, nan_padded
 from ..data.corpora import load_counts
 from ..guides.amortized import AmortizedGuide
 from ..guides.base import LocalGuide
@@ -28,7 +29,9 @@ from ..guides.optimizing import OptimizingGuide
 from ..guides.per_datapoint import PerDatapointGuide
 from ..guides.protocol import TrainableGuide
 from ..guides.semi_amortized import SemiAmortizedGuide
-from ..matching import matched_amortized_guide
+from ..guides.sequence_encoder import SequenceEncoderGuide, SequenceSemiAmortizedGuide
+from ..guides.sequential import SequentialIterativeGuide
+from ..matching import matched_amortized_guide, matched_sequence_encoder
 
 if TYPE_CHECKING:
     from .config import RunConfig
@@ -52,7 +55,7 @@ class Registry(Generic[Spec]):
     Usage::
 
         METHODS["iterative"].label(config)     # "Iterative (K=5)"
-        METHODS.names()                        # ("standard", "iterative", "semi_amortized", "per_datapoint")
+        METHODS.names()                        # ("standard", "iterative", "semi_amortized", "per_datapoint", ...)
     """
 
     def __init__(self, kind: str) -> None:
@@ -134,10 +137,12 @@ def _probe(x: torch.Tensor, config: "RunConfig") -> dict:
     return {"subsample_size": min(config.batch_size, len(x))}
 
 
-def _iterative_guide(model: Callable, config: "RunConfig") -> IterativeGuide:
-    """The iterative guide every network-based method is sized against: two hidden layers of ``hidden`` units."""
-    return IterativeGuide(model, num_iterations=config.iterations, hidden_sizes=(config.hidden,) * 2,
-                          encode=config.encode)
+def _iterative_guide(model: Callable, config: "RunConfig") -> IterativeGuide | SequentialIterativeGuide:
+    """The iterative guide every network-based method is sized against: two hidden layers of ``hidden`` units (for a
+    sequence model, one such network shared by every time step)."""
+    guide_class = SequentialIterativeGuide if MODELS[config.model].sequential else IterativeGuide
+    return guide_class(model, num_iterations=config.iterations, hidden_sizes=(config.hidden,) * 2,
+                       encode=config.encode)
 
 
 def _build_iterative(model: Callable, x: torch.Tensor, config: "RunConfig") -> IterativeGuide:
@@ -145,7 +150,10 @@ def _build_iterative(model: Callable, x: torch.Tensor, config: "RunConfig") -> I
 
 
 def _build_standard(model: Callable, x: torch.Tensor, config: "RunConfig") -> AmortizedGuide:
-    """An encoder of two equal hidden layers, as many parameters as the iterative guide's networks (within 5%)."""
+    """An encoder as many parameters as the iterative guide's networks (within 5%): two equal hidden layers, or for a
+    sequence model the deep Markov model's backward GRU and combiner."""
+    if MODELS[config.model].sequential:
+        return matched_sequence_encoder(model, _iterative_guide(model, config), x, **_probe(x, config))
     return matched_amortized_guide(model, _iterative_guide(model, config), x,
                                    guide_options={"observe": _observe(config)}, **_probe(x, config))
 
@@ -153,8 +161,17 @@ def _build_standard(model: Callable, x: torch.Tensor, config: "RunConfig") -> Am
 def _build_semi_amortized(model: Callable, x: torch.Tensor, config: "RunConfig") -> SemiAmortizedGuide:
     encoder = _build_standard(model, x, config)
     # Its default step rule (adaptive per-datapoint step sizes), as a user gets it: no step size tuned on MNIST.
+    if isinstance(encoder, SequenceEncoderGuide):
+        return SequenceSemiAmortizedGuide(model, num_steps=config.iterations,
+                                          rnn_dim=encoder.rnn_dim).setup(x, **_probe(x, config))
     return SemiAmortizedGuide(model, num_steps=config.iterations, hidden_sizes=encoder.hidden_sizes,
                               observe=_observe(config)).setup(x, **_probe(x, config))
+
+
+def _build_variational_em(model: Callable, x: torch.Tensor, config: "RunConfig") -> OptimizingGuide:
+    """No inference network: each minibatch's q starts at lambda_0 and takes ``iterations`` Adam steps on its ELBO
+    (Adam's default step size of this package), then the model takes its step at the result."""
+    return OptimizingGuide(model, optimizer="adam", num_steps=config.iterations).setup(x, **_probe(x, config))
 
 
 def _build_per_datapoint(model: Callable, x: torch.Tensor, config: "RunConfig") -> PerDatapointGuide:
@@ -184,6 +201,10 @@ METHODS.register(MethodSpec(
     distributed_note="per_datapoint stores q for every training datapoint; each process holds the whole table and DDP "
     "averages its (mostly zero) gradient at every step, so it trains correctly but does not scale",
 ))
+METHODS.register(MethodSpec(
+    "variational_em", lambda config: f"Variational EM (Adam, {config.iterations} steps)", _build_variational_em,
+    options=("iterations",),
+))
 
 
 # ------------------------------------------------------------------------------------------------------- models
@@ -209,6 +230,11 @@ class ModelSpec:
     :ivar observe: ``observe=`` of the encoder-based guides: the observed values of a batch of its rows.
     :ivar label_site: its enumerated site that is a class label: each method's test accuracy is reported (the argmax
         of :func:`~pyro_iterative.evaluation.discrete_posterior`), on data sets that give test labels.
+    :ivar sequential: a model of sequences with one latent site per time step (the sequence guides are used:
+        :class:`~pyro_iterative.guides.sequential.SequentialIterativeGuide` and the DMM's inference network).
+    :ivar methods: the methods a comparison trains unless the run says otherwise.
+    :ivar latent_dim: its latent size unless the run says otherwise.
+    :ivar hidden: its hidden width (and the iterative networks') unless the run says otherwise.
     """
 
     name: str
@@ -223,10 +249,23 @@ class ModelSpec:
     loss: Callable[[], ELBO] = Trace_ELBO
     observe: Callable[..., torch.Tensor] = observe_rows
     label_site: str | None = None
+    sequential: bool = False
+    methods: tuple[str, ...] = ("standard", "iterative", "semi_amortized", "per_datapoint")
+    latent_dim: int = 64
+    hidden: int = 512
 
 
 def _enumerated() -> ELBO:
     return TraceEnum_ELBO(max_plate_nesting=1)
+
+
+def _per_step(test_elbos: torch.Tensor, x_eval: torch.Tensor, ll: torch.Tensor, x_ll: torch.Tensor) -> dict:
+    # Nats per time step, as the sequence-model literature reports them: sums over sequences / their real steps.
+    steps_eval = models.DMM.nan_padded_lengths(x_eval).sum().item()
+    steps_ll = models.DMM.nan_padded_lengths(x_ll).sum().item()
+    return {"elbo_per_step": float(test_elbos.sum()) / steps_eval,
+            "log_likelihood_per_step": float(ll.sum()) / steps_ll,
+            "steps": int(steps_eval), "log_likelihood_steps": int(steps_ll)}
 
 
 def _perplexities(test_elbos: torch.Tensor, x_eval: torch.Tensor, ll: torch.Tensor, x_ll: torch.Tensor) -> dict:
@@ -272,6 +311,16 @@ MODELS.register(ModelSpec(
     lambda data_dim, latent_dim, hidden: models.SemiSupervisedVAE(data_dim=data_dim - 1, latent_dim=latent_dim,
                                                                   num_classes=10, hidden_sizes=(hidden, hidden)),
     dataset="mnist5k-labelled", loss=_enumerated, observe=_observe_all_but_last, label_site="y",
+))
+
+
+MODELS.register(ModelSpec(
+    "dmm", "Krishnan et al.'s deep Markov model of piano rolls (z of latent_dim, transition hidden, emitter hidden/2)",
+    lambda data_dim, latent_dim, hidden: models.DMM(data_dim=data_dim, z_dim=latent_dim, transition_dim=hidden,
+                                                    emission_dim=max(1, hidden // 2)),
+    dataset="chorales", extra_metrics=_per_step, sequential=True, latent_dim=100, hidden=200,
+    load_file=lambda path: nan_padded(*load_sequences(path)),
+    methods=("standard", "iterative", "semi_amortized", "variational_em"),
 ))
 
 

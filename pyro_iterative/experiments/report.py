@@ -23,10 +23,12 @@ __all__ = [
     "write_report",
 ]
 
-_FIGURE_ORDER = ["optimizer_comparison", "reconstructions", "posterior_2d", "training_curves"]
+_FIGURE_ORDER = ["optimizer_comparison", "reconstructions", "piano_rolls", "posterior_2d", "training_curves"]
+_ALTERNATIVES = {"reconstructions": "piano_rolls", "piano_rolls": "reconstructions"}  # images or sequences
 _FIGURE_TITLES = {
     "optimizer_comparison": "Optimizer comparison",
     "reconstructions": "Reconstructions per iteration",
+    "piano_rolls": "Piano-roll reconstructions per iteration",
     "posterior_2d": "2-D posterior and inference paths",
     "training_curves": "Training curves",
 }
@@ -148,6 +150,10 @@ def _table_rows(metrics: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]
         header += ["Perplexity (ELBO)", "Perplexity (log p(x))"]
         for row, method in zip(rows, methods):
             row += [_fixed(method.get("perplexity")), _fixed(method.get("perplexity_ll"))]
+    if any("elbo_per_step" in method for method in methods):  # sequence models: nats per time step
+        header += ["Test ELBO / step (nats)", "log p(x) / step (nats)"]
+        for row, method in zip(rows, methods):
+            row += [_fixed(method.get("elbo_per_step"), 3), _fixed(method.get("log_likelihood_per_step"), 3)]
     if any("accuracy" in method for method in methods):  # models that classify (M2): test accuracy of p(y | x)
         header += ["Test accuracy (%)"]
         for row, method in zip(rows, methods):
@@ -156,9 +162,9 @@ def _table_rows(metrics: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]
     return header, rows
 
 
-def _fixed(value: Any) -> str:
+def _fixed(value: Any, digits: int = 1) -> str:
     number = _number(value)
-    return "n/a" if number is None else f"{number:.1f}"
+    return "n/a" if number is None else f"{number:.{digits}f}"
 
 
 def format_table(metrics: Mapping[str, Any]) -> str:
@@ -395,6 +401,13 @@ def _reconstructions_caption(data: Mapping[str, Any] | None) -> list[str]:
             f"t = 0..{iterations}."]
 
 
+def _piano_rolls_caption(data: Mapping[str, Any] | None) -> list[str]:
+    count = len((data or {}).get("data", []))
+    iterations = len((data or {}).get("iterations", [None])) - 1
+    return [f"{count} test sequences (first column, \"data\": time to the right, keys upwards) and the key "
+            f"probabilities the model predicts at q's median after each inference iteration t = 0..{iterations}."]
+
+
 def _posterior_caption(data: Mapping[str, Any] | None) -> list[str]:
     text = ("Contours of the unnormalised log posterior log p(x, z) of a 2-D latent model for one test datapoint "
             "(top 15 nats shown), with the posterior mean at each step of each inference path (circle: start, "
@@ -480,6 +493,8 @@ def write_report(metrics: Mapping[str, Any], out_dir: str | Path, figures: Mappi
             caption = _optimizer_caption(figure_data.get(name))
         elif name == "reconstructions":
             caption = _reconstructions_caption(figure_data.get(name))
+        elif name == "piano_rolls":
+            caption = _piano_rolls_caption(figure_data.get(name))
         elif name == "posterior_2d":
             caption = _posterior_caption(figure_data.get(name))
         elif name == "training_curves":
@@ -487,7 +502,7 @@ def write_report(metrics: Mapping[str, Any], out_dir: str | Path, figures: Mappi
         else:
             caption = []
         lines += caption + ([""] if caption else [])
-    missing = [name for name in _FIGURE_ORDER if name not in figures]
+    missing = [name for name in _FIGURE_ORDER if name not in figures and _ALTERNATIVES.get(name) not in figures]
     if missing:
         lines += [f"Not drawn: {', '.join(_FIGURE_TITLES[name] for name in missing)}.", ""]
 

@@ -8,7 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from pyro_iterative.data import chorales, load_chorales, load_sequences, sequence_mask, synthetic_sequences
+from pyro_iterative.data import (
+    chorales,
+    cut_sequences,
+    load_chorales,
+    load_sequences,
+    nan_padded,
+    sequence_mask,
+    synthetic_sequences,
+)
+from pyro_iterative.models import DMM
 
 # ---------------------------------------------------------------- synthetic sequences and the mask
 
@@ -68,6 +77,31 @@ def test_sequence_mask():
 
 
 # ---------------------------------------------------------------- user sequences
+
+
+def test_cut_sequences_keeps_every_step_in_order():
+    sequences, lengths = synthetic_sequences(5, max_length=11, data_dim=3, seed=0, min_length=1)
+    pieces, piece_lengths = cut_sequences(sequences, lengths, 4)
+    assert pieces.shape[1:] == (4, 3) and int(piece_lengths.max()) <= 4
+    assert int(piece_lengths.sum()) == int(lengths.sum())
+    rebuilt = torch.cat([piece[:length] for piece, length in zip(pieces, piece_lengths)])
+    original = torch.cat([sequence[:length] for sequence, length in zip(sequences, lengths)])
+    torch.testing.assert_close(rebuilt, original)
+    assert torch.all(pieces[~sequence_mask(piece_lengths, 4)] == 0)
+    with pytest.raises(ValueError, match="max_steps"):
+        cut_sequences(sequences, lengths, 0)
+
+
+def test_nan_padding_carries_the_lengths():
+    sequences, lengths = synthetic_sequences(6, max_length=7, data_dim=3, seed=1, min_length=1)
+    padded = nan_padded(sequences, lengths, 9)
+    assert padded.shape == (6, 9, 3)
+    torch.testing.assert_close(DMM.nan_padded_lengths(padded), lengths)
+    with pytest.raises(ValueError, match="max_steps"):
+        nan_padded(sequences, lengths, 2)
+    padded[0, 0] = float("nan")  # a NaN step before real ones is not padding
+    with pytest.raises(ValueError, match="NaN steps before real ones"):
+        DMM.nan_padded_lengths(padded)
 
 
 def test_load_sequences_round_trip(tmp_path):

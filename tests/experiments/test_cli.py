@@ -211,3 +211,31 @@ def test_accelerator_gpu_without_a_gpu_is_refused(tmp_path, lightning_present, c
     with pytest.raises(SystemExit):
         main(["train", *TINY, "--accelerator", "gpu", "--out", str(tmp_path / "a")])
     assert "no CUDA GPU is visible" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_compare_runs_the_dmm_on_a_users_sequences(tmp_path):
+    import numpy as np
+
+    from pyro_iterative.data import synthetic_sequences
+
+    sequences, lengths = synthetic_sequences(40, max_length=7, data_dim=6, seed=0, min_length=2)
+    np.savez(tmp_path / "songs.npz", sequences=sequences.numpy(), lengths=lengths.numpy())
+    out = tmp_path / "run"
+    args = ["compare", "--model", "dmm", "--dataset", str(tmp_path / "songs.npz"), *TINY, "--latent-dim", "3",
+            "--hidden", "16", "--batch-size", "12", "--comparison-steps", "2", "--out", str(out)]
+    assert main(args) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    # the DMM's own methods: the DMM's inference network, the shared-network iterative guide, its semi-amortized
+    # refinement and variational EM
+    assert list(metrics["methods"]) == ["standard", "iterative", "semi_amortized", "variational_em"]
+    params = [metrics["methods"][m]["inference_params"] for m in ("standard", "iterative", "semi_amortized")]
+    assert max(params) / min(params) < 1.05 and metrics["methods"]["variational_em"]["inference_params"] == 0
+    from pyro_iterative.experiments.datasets import train_test_split
+
+    steps = int(train_test_split(lengths)[1].sum())  # the real steps of the seeded split's 8 test sequences
+    for entry in metrics["methods"].values():
+        assert entry["test_elbo"] < 0 and entry["steps"] == steps
+        assert entry["elbo_per_step"] < 0 and entry["log_likelihood_per_step"] < 0
+    assert (out / "piano_rolls.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Test ELBO / step" in (out / "report.md").read_text()
