@@ -121,7 +121,8 @@ def measure_method(
         lambda chunk: log_likelihood(model, evaluator, chunk, num_samples=config.is_samples, chunk_size=100), x_ll, 50
     )
     pyro.set_rng_seed(config.seed + 4)
-    gap = amortization_gap(model, evaluator, x_eval[: config.gap_datapoints], lr=1e-2, max_steps=1000, patience=100)
+    gap = amortization_gap(model, evaluator, x_eval[: config.gap_datapoints], lr=1e-2, max_steps=config.gap_steps,
+                           patience=100)
     timed = x_eval[:500]
     start = time.perf_counter()
     evaluator.get_posterior(timed)

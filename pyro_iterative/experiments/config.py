@@ -108,6 +108,10 @@ class RunConfig:
     gap_datapoints: int = option(
         200, help="test datapoints for the amortization gap and optimizer comparison", quick=50
     )
+    gap_steps: int = option(
+        1000, help="most Adam steps of the amortization gap's local optimization (it stops once the ELBO has not risen "
+        "for 100 steps)",
+    )
     is_samples: int = option(5000, help="importance samples per datapoint", quick=1000)
     local_steps: int = option(100, help="Adam steps of the per-datapoint method's inference on new data", quick=30)
     comparison_steps: int = option(

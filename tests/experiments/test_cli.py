@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from pyro_iterative.cli import main
+from pyro_iterative.experiments.config import RunConfig
 
 pytest.importorskip("mlxtend")
 pytest.importorskip("matplotlib")
@@ -223,13 +224,17 @@ def test_compare_runs_the_dmm_on_a_users_sequences(tmp_path):
     np.savez(tmp_path / "songs.npz", sequences=sequences.numpy(), lengths=lengths.numpy())
     out = tmp_path / "run"
     args = ["compare", "--model", "dmm", "--dataset", str(tmp_path / "songs.npz"), *TINY, "--latent-dim", "3",
-            "--hidden", "16", "--batch-size", "12", "--comparison-steps", "2", "--out", str(out)]
+            "--hidden", "16", "--batch-size", "12", "--comparison-steps", "2", "--gap-steps", "20",
+            "--methods", "standard,iterative,variational_em",
+            "--out", str(out)]
+    # the DMM's own methods by default: its inference network, the shared-network iterative guide, the network's
+    # semi-amortized refinement (trained in tests/guides/test_sequential.py; left out here for time) and variational EM
+    assert RunConfig(model="dmm").methods == ("standard", "iterative", "semi_amortized", "variational_em")
+    assert (RunConfig(model="dmm").latent_dim, RunConfig(model="dmm").hidden) == (100, 200)
     assert main(args) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    # the DMM's own methods: the DMM's inference network, the shared-network iterative guide, its semi-amortized
-    # refinement and variational EM
-    assert list(metrics["methods"]) == ["standard", "iterative", "semi_amortized", "variational_em"]
-    params = [metrics["methods"][m]["inference_params"] for m in ("standard", "iterative", "semi_amortized")]
+    assert list(metrics["methods"]) == ["standard", "iterative", "variational_em"]
+    params = [metrics["methods"][m]["inference_params"] for m in ("standard", "iterative")]
     assert max(params) / min(params) < 1.05 and metrics["methods"]["variational_em"]["inference_params"] == 0
     from pyro_iterative.experiments.datasets import train_test_split
 
