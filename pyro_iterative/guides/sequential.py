@@ -135,8 +135,8 @@ class SequentialIterativeGuide(IterativeGuide):
                 path.append({name: value.detach() for name, value in leaves.items()})
             if t == 0:
                 masks = latent_masks(step.model_trace, self.layout, len(batch))
-                on = torch.ones(len(batch), dtype=torch.bool, device=like.device)
-                steps_on = [torch.stack([masks.get(name, on) for name in group.sites], 1).unsqueeze(-1)
+                every = torch.ones(len(batch), dtype=torch.bool, device=like.device)  # a site the model never masks
+                steps_on = [torch.stack([masks.get(name, every) for name in group.sites], 1).unsqueeze(-1)
                             for group in groups]  # (batch, steps, 1): False at padded steps
                 if "data" in self.encode:
                     data = encode_data(self.data_encoding, self._observed_data(step.model_trace).to(like.dtype))
