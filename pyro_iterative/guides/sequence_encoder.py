@@ -108,6 +108,8 @@ class SequenceEncoderGuide(AmortizedGuide):
                              "drop observe=.")
         if kwargs.get("hidden_sizes") is not None:
             raise ValueError(f"{type(self).__name__} is sized by rnn_dim, not hidden_sizes.")
+        if kwargs.get("small_init"):
+            raise ValueError(f"{type(self).__name__} has no small_init: its combiner starts as Krishnan et al.'s.")
         if isinstance(rnn_dim, bool) or not isinstance(rnn_dim, int) or rnn_dim < 1:
             raise ValueError(f"rnn_dim must be a positive integer, got {rnn_dim!r}.")
         super().__init__(model, **kwargs)

@@ -286,6 +286,8 @@ def test_bad_settings_are_refused():
         SequenceEncoderGuide(model, observe=lambda idx, x, *a, **k: x[idx])
     with pytest.raises(ValueError, match="rnn_dim"):
         SequenceEncoderGuide(model, rnn_dim=0)
+    with pytest.raises(ValueError, match="small_init"):
+        SequenceEncoderGuide(model, small_init=True)
 
 
 def test_fast_and_general_paths_agree_on_a_masked_model():
