@@ -95,12 +95,12 @@ def matched_amortized_guide(
 
 
 def matched_sequence_encoder(
-    model: Callable, reference: TrainableGuide, *args, tolerance: float = 0.05,
-    guide_class: type = SequenceEncoderGuide, guide_options: dict | None = None, **kwargs,
+    model: Callable, reference: TrainableGuide, *args, tolerance: float = 0.05, guide_options: dict | None = None,
+    **kwargs,
 ) -> SequenceEncoderGuide:
-    """A :class:`~pyro_iterative.guides.sequence_encoder.SequenceEncoderGuide` (or ``guide_class``, a subclass) whose
-    GRU and combiner have as many parameters as ``reference``'s networks, within ``tolerance``: its ``rnn_dim`` is
-    chosen by bisection. ``args`` and ``kwargs`` are the model's arguments.
+    """A :class:`~pyro_iterative.guides.sequence_encoder.SequenceEncoderGuide` whose GRU and combiner have as many
+    parameters as ``reference``'s networks, within ``tolerance``: its ``rnn_dim`` is chosen by bisection. ``args`` and
+    ``kwargs`` are the model's arguments; ``guide_options`` go to the guide.
 
     Usage::
 
@@ -121,4 +121,4 @@ def matched_sequence_encoder(
             f"No sequence encoder has {target} parameters within {tolerance:.0%}: the closest, rnn_dim {width}, has "
             f"{achieved}."
         )
-    return guide_class(model, rnn_dim=width, **options).setup(*args, **kwargs)
+    return SequenceEncoderGuide(model, rnn_dim=width, **options).setup(*args, **kwargs)
