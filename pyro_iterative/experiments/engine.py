@@ -35,10 +35,12 @@ __all__ = [
     "EpochRecord",
     "TestELBO",
     "TrainingError",
+    "best_epoch",
     "nonfinite_count",
     "own_param_store",
     "progress",
     "setup_guide",
+    "stopped_early",
     "train",
 ]
 
@@ -133,7 +135,8 @@ class EpochRecord:
     :ivar epoch: the epoch's number, from 1.
     :ivar seconds: training seconds up to the end of this epoch (evaluation excluded).
     :ivar train_loss: the epoch's mean training loss, in nats per datapoint.
-    :ivar test_elbo: the evaluation's mean ELBO (NaN without an evaluation).
+    :ivar test_elbo: the evaluation's mean ELBO (NaN without an evaluation): on the validation set when the run has
+        one, else on the test set.
     :ivar test_elbo_se: its standard error.
     """
 
@@ -150,7 +153,7 @@ class EpochRecord:
     def line(self, total_epochs: int | None, nonfinite: int) -> str:
         """The log line of the epoch (with the count of contained non-finite inner gradients, if any)."""
         return (
-            f"epoch {self.epoch:3d}/{total_epochs or '?'}  train loss {self.train_loss:9.3f}  test ELBO "
+            f"epoch {self.epoch:3d}/{total_epochs or '?'}  train loss {self.train_loss:9.3f}  held-out ELBO "
             f"{self.test_elbo:9.3f} ± {self.test_elbo_se:.3f}  ({self.seconds:6.1f} s)"
             + (f"  [{nonfinite} non-finite ELBO gradients contained so far]" if nonfinite else "")
         )
@@ -272,6 +275,9 @@ def train(
     config: dict | None = None,
     resume: bool = False,
     loss: ELBO | None = None,
+    patience: int | None = None,
+    best_checkpoint: str | Path | None = None,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
     quiet: bool = False,
     log: Callable[[str], None] = print,
 ) -> list[dict]:
@@ -291,11 +297,19 @@ def train(
     :param resume: continue from ``checkpoint`` if it exists (a finished run is returned as it is); a checkpoint of
         the Lightning loop is refused.
     :param loss: the ELBO (default ``Trace_ELBO()``; ``TraceEnum_ELBO`` for models with enumerated latents).
+    :param patience: early stopping: end the run once ``evaluate()`` (a validation ELBO) has not risen above its best
+        for ``patience`` epochs (:func:`stopped_early`; ``epochs`` is then the most). A resumed run that had stopped
+        stays stopped.
+    :param best_checkpoint: where to save the epoch of the best ``evaluate()`` so far (atomically; the same
+        :class:`~pyro_iterative.experiments.checkpoints.TrainingCheckpoint` as ``checkpoint``); ``None`` saves none.
+    :param on_epoch: called with each epoch's :class:`EpochRecord` once it is checkpointed (a study's progress bar).
     :return: one :meth:`EpochRecord.as_dict` per epoch.
     :raises TrainingError: if a loss is not finite (the last good checkpoint is kept).
     """
     if not lr > 0:
         raise ValueError(f"lr must be positive, got {lr}.")
+    if patience is not None and (evaluate is None or not isinstance(patience, int) or patience < 1):
+        raise ValueError(f"patience must be a positive integer and needs an evaluate() to watch, got {patience!r}.")
     plan = EpochPlan(x_train, epochs=epochs, batch_size=batch_size, binarize_mode=binarize_mode, seed=seed,
                      evaluate=evaluate)
     config = dict(config or {})
@@ -315,6 +329,8 @@ def train(
         log(f"resumed from {checkpoint} after epoch {state.epoch}")
     show = not quiet and sys.stderr.isatty()
     for epoch in range(first_epoch, epochs + 1):
+        if stopped_early(history, patience):
+            break
         start = time.perf_counter()
         x, losses = plan.epoch_data(fixed), []
         with progress(plan.steps, f"epoch {epoch}/{epochs}", show) as bar:
@@ -327,13 +343,44 @@ def train(
         history.append(record.as_dict())
         if not quiet:
             log(record.line(epochs, guide.nonfinite_gradients))
+        state = TrainingCheckpoint(
+            config=config, engine="svi", epoch=epoch, model=model.state_dict(), guide=guide.state_dict(),
+            optim=svi.optim.get_state(), history=history, seconds=seconds,
+            nonfinite_gradients=guide.nonfinite_gradients, rng=get_rng_state(),
+        )
+        if best_checkpoint is not None and best_epoch(history) == epoch:
+            state.save(best_checkpoint)  # before the latest one: a kill in between leaves both consistent
         if checkpoint is not None:
-            TrainingCheckpoint(
-                config=config, engine="svi", epoch=epoch, model=model.state_dict(), guide=guide.state_dict(),
-                optim=svi.optim.get_state(), history=history, seconds=seconds,
-                nonfinite_gradients=guide.nonfinite_gradients, rng=get_rng_state(),
-            ).save(checkpoint)
+            state.save(checkpoint)
+        if on_epoch is not None:
+            on_epoch(record)
+        if stopped_early(history, patience) and not quiet:
+            log(f"stopped early: no better evaluation ELBO for {patience} epochs since epoch {best_epoch(history)}")
     return history
+
+
+def best_epoch(history: Sequence[dict]) -> int | None:
+    """The epoch (from 1) of the highest evaluation ELBO in a training history, the earliest of ties; ``None``
+    without any finite one.
+
+    Usage::
+
+        best_epoch([{"epoch": 1, "test_elbo": -101.0}, {"epoch": 2, "test_elbo": -99.5}])   # 2
+    """
+    finite = [record for record in history if math.isfinite(record["test_elbo"])]
+    return max(finite, key=lambda record: (record["test_elbo"], -record["epoch"]))["epoch"] if finite else None
+
+
+def stopped_early(history: Sequence[dict], patience: int | None) -> bool:
+    """Whether early stopping with ``patience`` ends a run with this history: its last ``patience`` epochs brought no
+    evaluation ELBO above the best before them.
+
+    Usage::
+
+        stopped_early(history, patience=5)
+    """
+    best = best_epoch(history)
+    return patience is not None and best is not None and history[-1]["epoch"] - best >= patience
 
 
 def progress(total: int, description: str, show: bool):

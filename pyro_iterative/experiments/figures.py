@@ -1,10 +1,12 @@
 """The data of a comparison's figures: optimizer comparison, reconstructions per iteration (images, or piano rolls for
-sequence models), 2-D posterior.
+sequence models), 2-D posterior, and every method's reconstructions at its final q.
 
-:func:`figure_data` computes the ``figures`` entry of metrics.json from the trained iterative guide; every
-density and reconstruction comes from running the bundled model itself
-(:class:`~pyro_iterative.inference.inner_elbo.ReplayScorer`, :func:`~pyro_iterative.evaluation.reconstruction`),
-never from a copy of its likelihood. Drawing lives in :mod:`pyro_iterative.experiments.plots`.
+:func:`figure_data` computes the ``figures`` entry of metrics.json from the trained iterative guide;
+:func:`final_reconstructions` gives any method's reconstructions at its final q (each method's entry holds those of
+a few test images, for the figure comparing methods). Every density and reconstruction comes from running the
+bundled model itself (:class:`~pyro_iterative.inference.inner_elbo.ReplayScorer`,
+:func:`~pyro_iterative.evaluation.reconstruction`), never from a copy of its likelihood. Drawing lives in
+:mod:`pyro_iterative.experiments.plots`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import pyro.poutine as poutine
 import torch
 
 from ..evaluation import elbo_per_iteration, reconstruction
+from ..guides.base import LocalGuide
 from ..guides.iterative import IterativeGuide
 from ..inference.batch import Batch
 from ..inference.inner_elbo import ReplayScorer
@@ -27,6 +30,7 @@ from .registry import MODELS
 
 __all__ = [
     "figure_data",
+    "final_reconstructions",
     "optimizer_curves",
     "piano_rolls",
     "posterior_2d",
@@ -64,6 +68,22 @@ def reconstructions(model: torch.nn.Module, guide: IterativeGuide, x: torch.Tens
     inference = guide.refine(x, record=True)
     return {"data": x.tolist(), "iterations": [reconstruction(model, inference, x, lam=lam).tolist()
                                                for lam in inference.lams]}
+
+
+def final_reconstructions(model: torch.nn.Module, guide: LocalGuide, x: torch.Tensor) -> torch.Tensor:
+    """The model's predicted observations at ``guide``'s final q on ``x``, ``(n, data_size)``: as
+    :func:`reconstructions` draws them after the last iteration, for any method's test-time guide.
+
+    q is refined as :func:`~pyro_iterative.evaluation.elbo_per_iteration` refines it (with ``record=True``), so that
+    under the same random seed and on the same datapoints it is the q whose ELBO that function scores.
+
+    Usage::
+
+        pyro.set_rng_seed(config.seed + 2)
+        images = final_reconstructions(model, evaluator, x_eval[:500])[:8]
+    """
+    inference = guide.refine(x, record=True)
+    return reconstruction(model, inference, x)
 
 
 def piano_rolls(model: torch.nn.Module, guide: IterativeGuide, x: torch.Tensor) -> dict:

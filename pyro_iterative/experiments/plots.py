@@ -1,9 +1,9 @@
 """Figures for a ``pyro-iterative compare`` run, drawn from its metrics dict (``docs/metrics-schema.md``).
 
-One function per figure (optimizer comparison, reconstructions per iteration, 2-D posterior with inference
-paths, training curves) and :func:`plot_all`, which draws every figure whose data the metrics hold and skips
-the others. Every mean is drawn with a band of +-1 standard error where the metrics give one. Figures are drawn
-on matplotlib's Agg canvas (no display, no pyplot state). Computing the metrics lives in
+One function per figure (optimizer comparison, reconstructions per iteration, reconstructions by method, 2-D
+posterior with inference paths, training curves) and :func:`plot_all`, which draws every figure whose data the
+metrics hold and skips the others. Every mean is drawn with a band of +-1 standard error where the metrics give
+one. Figures are drawn on matplotlib's Agg canvas (no display, no pyplot state). Computing the metrics lives in
 :mod:`pyro_iterative.experiments.comparison`; the written report in :mod:`pyro_iterative.experiments.report`.
 
 matplotlib is an optional dependency: ``pip install "pyro-iterative[examples]"``.
@@ -12,6 +12,7 @@ matplotlib is an optional dependency: ``pip install "pyro-iterative[examples]"``
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -21,6 +22,7 @@ __all__ = [
     "FIGURE_FILES",
     "OPTIMIZER_NAMES",
     "plot_all",
+    "plot_method_reconstructions",
     "plot_optimizer_comparison",
     "plot_piano_rolls",
     "plot_posterior_2d",
@@ -32,6 +34,7 @@ __all__ = [
 FIGURE_FILES: dict[str, str] = {
     "optimizer_comparison": "optimizer_comparison.png",
     "reconstructions": "reconstructions.png",
+    "method_reconstructions": "method_reconstructions.png",
     "posterior_2d": "posterior_2d.png",
     "training_curves": "training_curves.png",
     "piano_rolls": "piano_rolls.png",
@@ -188,12 +191,17 @@ def _rows_by_datapoint(data: Mapping[str, Any]) -> list[list[Any]]:
             for row, original in enumerate(data["data"])]
 
 
-def _panel_grid(panels: list[list[np.ndarray]], size: tuple[float, float], row_label: str, style: dict) -> Any:
-    """A figure of grey-level panels, one row per datapoint, columns "data", "t=0", "t=1", ... (values in [0, 1])."""
+def _panel_grid(
+    panels: list[list[np.ndarray]], size: tuple[float, float], row_label: str, style: dict,
+    titles: Sequence[str] | None = None, rows_named: Sequence[Any] | None = None,
+) -> Any:
+    """A figure of grey-level panels, one row per datapoint (``"<row_label> <name>"``, named 1, 2, ... unless
+    ``rows_named``), columns ``titles`` (default "data", "t=0", "t=1", ...; values in [0, 1])."""
     rows, cols = len(panels), len(panels[0])
     figure = _new_figure(size[0] * cols + 0.6, size[1] * rows + 0.8)
     axes = np.asarray(figure.subplots(rows, cols, squeeze=False))
-    titles = ["data"] + [f"t={t}" for t in range(cols - 1)]
+    titles = titles or ["data"] + [f"t={t}" for t in range(cols - 1)]
+    rows_named = rows_named or range(1, rows + 1)
     for row in range(rows):
         for col, panel in enumerate(panels[row]):
             ax = axes[row, col]
@@ -202,8 +210,59 @@ def _panel_grid(panels: list[list[np.ndarray]], size: tuple[float, float], row_l
             ax.set_yticks([])
             if row == 0:
                 ax.set_title(titles[col], fontsize=10)
-        axes[row, 0].set_ylabel(f"{row_label} {row + 1}", fontsize=9)
+        axes[row, 0].set_ylabel(f"{row_label} {rows_named[row]}", fontsize=9)
     return figure
+
+
+def _reconstructed_by(methods: Mapping[str, Mapping[str, Any]], index: Sequence[int]) -> list[str]:
+    """The methods whose ``reconstructions`` show the datapoints ``index``."""
+    return [name for name, method in methods.items()
+            if (method.get("reconstructions") or {}).get("index") == list(index)
+            and method["reconstructions"].get("images")]
+
+
+def plot_method_reconstructions(
+    datapoints: Mapping[str, Any], methods: Mapping[str, Mapping[str, Any]], path: str | Path
+) -> Path:
+    """The same test images reconstructed at every method's final q: one row per image, the original in the first
+    column ("data"), then one column per method (titled with its label), each reconstruction over that image's test
+    ELBO under the method.
+
+    Methods without reconstructions of these datapoints (the same ``index``) are left out.
+
+    :param datapoints: ``metrics["reconstructed_datapoints"]``: ``index`` (positions in the test set) and ``data``
+        (the images, flat lists of pixels in [0, 1]; square images, 28x28 for MNIST).
+    :param methods: ``metrics["methods"]``; each shown method's ``reconstructions`` holds ``index``, ``images``
+        (the decoder mean at its final q) and ``elbo`` (per image, nats).
+    :param path: the PNG to write.
+    :return: ``path``.
+    :raises ValueError: when no method has reconstructions of these datapoints.
+
+    Usage::
+
+        plot_method_reconstructions(metrics["reconstructed_datapoints"], metrics["methods"],
+                                    "out/method_reconstructions.png")
+    """
+    index = list(datapoints["index"])
+    shown = _reconstructed_by(methods, index)
+    if not shown:
+        raise ValueError(f"no method has reconstructions of the test datapoints {index}; measure the methods with "
+                         f"measure_method (image models store them) or leave this figure out")
+    panels = [[_as_image(original)] + [_as_image(methods[name]["reconstructions"]["images"][row]) for name in shown]
+              for row, original in enumerate(datapoints["data"])]
+    titles = ["data"] + [textwrap.fill(str(methods[name].get("label") or name), 16) for name in shown]
+    figure = _panel_grid(panels, (1.3, 1.35), "test", dict(cmap="gray"), titles=titles, rows_named=index)
+    axes = np.asarray(figure.axes).reshape(len(panels), len(titles))
+    for column, name in enumerate(shown, start=1):
+        for row, elbo in enumerate(methods[name]["reconstructions"].get("elbo") or []):
+            axes[row, column].set_xlabel(f"ELBO {float(elbo):.1f}", fontsize=8)
+    for ax in axes[0]:
+        ax.title.set_fontsize(8)
+    height = figure.get_figheight()  # room above the panels for three-line column titles and the title (inches)
+    figure.subplots_adjust(top=1 - 1.2 / height, hspace=0.45)
+    figure.suptitle("Decoder mean at each method's final q\n(under each: that image's test ELBO, nats)",
+                    y=1 - 0.05 / height, va="top")
+    return _save(figure, path)
 
 
 def plot_piano_rolls(data: Mapping[str, Any], path: str | Path) -> Path:
@@ -284,13 +343,16 @@ def plot_posterior_2d(data: Mapping[str, Any], path: str | Path, top_nats: float
     return _save(figure, path)
 
 
-def plot_training_curves(methods: Mapping[str, Mapping[str, Any]], path: str | Path) -> Path:
-    """Figure 4: test ELBO against epoch and against training seconds, one line per method with +-1 SE bands.
+def plot_training_curves(methods: Mapping[str, Mapping[str, Any]], path: str | Path, evaluated: str = "test") -> Path:
+    """Figure 4: the held-out ELBO of each epoch against epoch and against training seconds, one line per method with
+    +-1 SE bands; a method's ``best_epoch`` (early stopping), where given, is ringed.
 
     Methods without a ``history`` are left out.
 
     :param methods: ``metrics["methods"]``.
     :param path: the PNG to write.
+    :param evaluated: which set the histories were evaluated on (``"test"``, or ``"validation"`` for runs with a
+        validation set), for the labels.
     :return: ``path``.
 
     Usage::
@@ -314,15 +376,21 @@ def plot_training_curves(methods: Mapping[str, Mapping[str, Any]], path: str | P
         color = line.get_color()
         line.remove()
         _line_with_band(by_epoch, epochs, mean, se, label=label, color=color, marker=".")
+        best = method.get("best_epoch")
+        if best in epochs:
+            by_epoch.plot([best], [mean[epochs.index(best)]], "o", markersize=10, fillstyle="none", color=color)
         if all("seconds" in entry for entry in history):
             seconds = [entry["seconds"] for entry in history]
             _line_with_band(by_seconds, seconds, mean, se, label=label, color=color, marker=".")
+            if best in epochs:
+                by_seconds.plot([seconds[epochs.index(best)]], [mean[epochs.index(best)]], "o", markersize=10,
+                                fillstyle="none", color=color)
     for ax, xlabel, title in [
-        (by_epoch, "epoch", "Test ELBO by epoch"),
-        (by_seconds, "training time (s)", "Test ELBO by wall-clock time"),
+        (by_epoch, "epoch", f"{evaluated.capitalize()} ELBO by epoch"),
+        (by_seconds, "training time (s)", f"{evaluated.capitalize()} ELBO by wall-clock time"),
     ]:
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("test ELBO (nats per datapoint)")
+        ax.set_ylabel(f"{evaluated} ELBO (nats per datapoint)")
         ax.set_title(title)
         ax.grid(True, alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
@@ -344,7 +412,8 @@ def _has_history(methods: Mapping[str, Mapping[str, Any]]) -> bool:
 def plot_all(metrics: Mapping[str, Any], out_dir: str | Path) -> dict[str, Path]:
     """Draw every figure whose data ``metrics`` hold into ``out_dir``; figures without data are skipped.
 
-    Reconstructions are skipped too when the images are not square (data that are not pictures).
+    Reconstructions are skipped too when the images are not square (data that are not pictures); reconstructions by
+    method are drawn when some method has ``reconstructions`` of the ``reconstructed_datapoints``.
 
     :param metrics: the parsed ``metrics.json`` (``docs/metrics-schema.md``).
     :param out_dir: the folder to write the PNGs to (created if needed).
@@ -369,6 +438,10 @@ def plot_all(metrics: Mapping[str, Any], out_dir: str | Path) -> dict[str, Path]
     if reconstructions and reconstructions.get("data") and reconstructions.get("iterations") and _square(
             reconstructions["data"][0]):
         written["reconstructions"] = plot_reconstructions(reconstructions, out_dir / FIGURE_FILES["reconstructions"])
+    shown = metrics.get("reconstructed_datapoints") or {}
+    if shown.get("data") and _square(shown["data"][0]) and _reconstructed_by(methods, shown.get("index") or []):
+        written["method_reconstructions"] = plot_method_reconstructions(
+            shown, methods, out_dir / FIGURE_FILES["method_reconstructions"])
     rolls = figure_data.get("piano_rolls")
     if rolls and rolls.get("data") and rolls.get("iterations"):
         written["piano_rolls"] = plot_piano_rolls(rolls, out_dir / FIGURE_FILES["piano_rolls"])
@@ -376,5 +449,7 @@ def plot_all(metrics: Mapping[str, Any], out_dir: str | Path) -> dict[str, Path]
     if posterior and posterior.get("log_density"):
         written["posterior_2d"] = plot_posterior_2d(posterior, out_dir / FIGURE_FILES["posterior_2d"])
     if _has_history(methods):
-        written["training_curves"] = plot_training_curves(methods, out_dir / FIGURE_FILES["training_curves"])
+        evaluated = "validation" if (metrics.get("config") or {}).get("validation") else "test"
+        written["training_curves"] = plot_training_curves(methods, out_dir / FIGURE_FILES["training_curves"],
+                                                          evaluated)
     return written

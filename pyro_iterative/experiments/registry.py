@@ -24,6 +24,7 @@ from ..data.chorales import load_sequences, nan_padded
 from ..data.corpora import load_counts
 from ..guides.amortized import AmortizedGuide
 from ..guides.base import LocalGuide
+from ..guides.encoder_iterative import EncoderIterativeGuide
 from ..guides.iterative import IterativeGuide
 from ..guides.optimizing import OptimizingGuide
 from ..guides.per_datapoint import PerDatapointGuide
@@ -31,7 +32,7 @@ from ..guides.protocol import TrainableGuide
 from ..guides.semi_amortized import SemiAmortizedGuide
 from ..guides.sequence_encoder import SequenceEncoderGuide, SequenceSemiAmortizedGuide
 from ..guides.sequential import SequentialIterativeGuide
-from ..matching import matched_amortized_guide, matched_sequence_encoder
+from ..matching import matched_amortized_guide, matched_iterative_guide, matched_sequence_encoder
 
 if TYPE_CHECKING:
     from .config import RunConfig
@@ -138,40 +139,69 @@ def _probe(x: torch.Tensor, config: "RunConfig") -> dict:
 
 
 def _iterative_guide(model: Callable, config: "RunConfig") -> IterativeGuide | SequentialIterativeGuide:
-    """The iterative guide every network-based method is sized against: two hidden layers of ``hidden`` units (for a
-    sequence model, one such network shared by every time step)."""
+    """The iterative guide every network-based method is sized against: two plain hidden layers of ``hidden`` units
+    (for a sequence model, one such network shared by every time step)."""
     guide_class = SequentialIterativeGuide if MODELS[config.model].sequential else IterativeGuide
     return guide_class(model, num_iterations=config.iterations, hidden_sizes=(config.hidden,) * 2,
                        encode=config.encode)
 
 
+def _refuse_sequential(config: "RunConfig", method: str) -> None:
+    if MODELS[config.model].sequential:
+        raise ValueError(f"The method '{method}' is built for models of independent datapoints; for --model "
+                         f"{config.model} choose from {', '.join(MODELS[config.model].methods)}.")
+
+
 def _build_iterative(model: Callable, x: torch.Tensor, config: "RunConfig") -> IterativeGuide:
-    return _iterative_guide(model, config).setup(x, **_probe(x, config))
+    reference = _iterative_guide(model, config)
+    if not config.highway and config.depth == 2:
+        return reference.setup(x, **_probe(x, config))
+    _refuse_sequential(config, "iterative with --highway or --depth")
+    return matched_iterative_guide(
+        model, reference, x, num_layers=config.depth, **_probe(x, config),
+        guide_options={"num_iterations": config.iterations, "encode": config.encode, "highway": config.highway})
+
+
+def _build_encoder_iterative(model: Callable, x: torch.Tensor, config: "RunConfig") -> EncoderIterativeGuide:
+    _refuse_sequential(config, "encoder_iterative")
+    return matched_iterative_guide(
+        model, _iterative_guide(model, config), x, guide_class=EncoderIterativeGuide, num_layers=config.depth,
+        guide_options={"num_iterations": config.iterations, "encode": config.encode, "highway": config.highway,
+                       "observe": _observe(config)}, **_probe(x, config))
 
 
 def _build_standard(model: Callable, x: torch.Tensor, config: "RunConfig") -> AmortizedGuide:
-    """An encoder as many parameters as the iterative guide's networks (within 5%): two equal hidden layers, or for a
-    sequence model the deep Markov model's backward GRU and combiner."""
+    """An encoder as many parameters as the iterative guide's networks (within 5%): ``depth`` equal hidden layers, or
+    for a sequence model the deep Markov model's backward GRU and combiner."""
     if MODELS[config.model].sequential:
         return matched_sequence_encoder(model, _iterative_guide(model, config), x, **_probe(x, config))
-    return matched_amortized_guide(model, _iterative_guide(model, config), x,
+    return matched_amortized_guide(model, _iterative_guide(model, config), x, num_layers=config.depth,
                                    guide_options={"observe": _observe(config)}, **_probe(x, config))
 
 
 def _build_semi_amortized(model: Callable, x: torch.Tensor, config: "RunConfig") -> SemiAmortizedGuide:
     encoder = _build_standard(model, x, config)
     # Its default step rule (adaptive per-datapoint step sizes), as a user gets it: no step size tuned on MNIST.
+    step = {} if config.inner_lr is None else {"lr": config.inner_lr}
     if isinstance(encoder, SequenceEncoderGuide):
-        return SequenceSemiAmortizedGuide(model, num_steps=config.iterations,
-                                          rnn_dim=encoder.rnn_dim).setup(x, **_probe(x, config))
+        return SequenceSemiAmortizedGuide(model, num_steps=config.iterations, rnn_dim=encoder.rnn_dim,
+                                          **step).setup(x, **_probe(x, config))
     return SemiAmortizedGuide(model, num_steps=config.iterations, hidden_sizes=encoder.hidden_sizes,
-                              observe=_observe(config)).setup(x, **_probe(x, config))
+                              observe=_observe(config), **step).setup(x, **_probe(x, config))
 
 
 def _build_variational_em(model: Callable, x: torch.Tensor, config: "RunConfig") -> OptimizingGuide:
     """No inference network: each minibatch's q starts at lambda_0 and takes ``iterations`` Adam steps on its ELBO
-    (Adam's default step size of this package), then the model takes its step at the result."""
-    return OptimizingGuide(model, optimizer="adam", num_steps=config.iterations).setup(x, **_probe(x, config))
+    (at ``inner_lr``, by default Adam's default step size of this package), then the model takes its step at the
+    result."""
+    return OptimizingGuide(model, optimizer="adam", lr=config.inner_lr,
+                           num_steps=config.iterations).setup(x, **_probe(x, config))
+
+
+def _build_variational_em_reference(model: Callable, x: torch.Tensor, config: "RunConfig") -> OptimizingGuide:
+    """Variational EM with ``reference_steps`` Adam steps per minibatch: what far more inference compute buys."""
+    return OptimizingGuide(model, optimizer="adam", lr=config.inner_lr,
+                           num_steps=config.reference_steps).setup(x, **_probe(x, config))
 
 
 def _build_per_datapoint(model: Callable, x: torch.Tensor, config: "RunConfig") -> PerDatapointGuide:
@@ -185,25 +215,34 @@ def _optimizing_at_test_time(model: Callable, guide: TrainableGuide, config: "Ru
 #: Every method of the comparison, in table order.
 METHODS: Registry[MethodSpec] = Registry("method")
 METHODS.register(MethodSpec(
-    "standard", lambda config: "Standard encoder", _build_standard, options=("hidden", "encode"),
+    "standard", lambda config: "Standard encoder", _build_standard, options=("hidden", "depth"),
 ))
 METHODS.register(MethodSpec(
     "iterative", lambda config: f"Iterative (K={config.iterations})", _build_iterative,
-    options=("iterations", "hidden", "encode"), figures=True,
+    options=("iterations", "hidden", "encode", "depth", "highway"), figures=True,
+))
+METHODS.register(MethodSpec(
+    "encoder_iterative", lambda config: f"Encoder + iterative (K={config.iterations})", _build_encoder_iterative,
+    options=("iterations", "hidden", "encode", "depth", "highway"),
 ))
 METHODS.register(MethodSpec(
     "semi_amortized", lambda config: f"Semi-amortized (K={config.iterations})", _build_semi_amortized,
-    options=("iterations", "hidden", "encode"),
-))
-METHODS.register(MethodSpec(
-    "per_datapoint", lambda config: f"Per-datapoint (Adam, {config.local_steps} steps at test)", _build_per_datapoint,
-    options=("local_steps",), test_time=_optimizing_at_test_time,
-    distributed_note="per_datapoint stores q for every training datapoint; each process holds the whole table and DDP "
-    "averages its (mostly zero) gradient at every step, so it trains correctly but does not scale",
+    options=("iterations", "hidden", "depth", "inner_lr"),
 ))
 METHODS.register(MethodSpec(
     "variational_em", lambda config: f"Variational EM (Adam, {config.iterations} steps)", _build_variational_em,
-    options=("iterations",),
+    options=("iterations", "inner_lr"),
+))
+METHODS.register(MethodSpec(
+    "variational_em_reference", lambda config: f"Variational EM (Adam, {config.reference_steps} steps)",
+    _build_variational_em_reference, options=("reference_steps", "inner_lr"),
+))
+METHODS.register(MethodSpec(
+    "per_datapoint", lambda config: f"Per-datapoint q, updated once per epoch (Adam, {config.local_steps} steps at "
+    "test)", _build_per_datapoint,
+    options=("local_steps",), test_time=_optimizing_at_test_time,
+    distributed_note="per_datapoint stores q for every training datapoint; each process holds the whole table and DDP "
+    "averages its (mostly zero) gradient at every step, so it trains correctly but does not scale",
 ))
 
 
@@ -250,7 +289,7 @@ class ModelSpec:
     observe: Callable[..., torch.Tensor] = observe_rows
     label_site: str | None = None
     sequential: bool = False
-    methods: tuple[str, ...] = ("standard", "iterative", "semi_amortized", "per_datapoint")
+    methods: tuple[str, ...] = ("standard", "iterative", "encoder_iterative", "semi_amortized", "variational_em")
     latent_dim: int = 64
     hidden: int = 512
 

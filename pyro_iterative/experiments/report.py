@@ -2,9 +2,11 @@
 
 :func:`write_report` turns the metrics dict (``docs/metrics-schema.md``) and the figures drawn by
 :func:`pyro_iterative.experiments.plots.plot_all` into a Markdown report: the command and setup, one table row per
-method, a plain-words comparison (every claim backed by a number of the metrics, differences judged against two
-combined standard errors) and the figures with captions. :func:`format_table` gives the table alone, for the
-terminal. Computing the metrics and drawing the figures live elsewhere
+method, the differences between methods datapoint by datapoint (:func:`paired_difference`: every method is measured
+on the same test datapoints with the same seeds), a plain-words comparison (every claim backed by a number of the
+metrics, differences judged against two paired standard errors, or against two combined unpaired ones for a
+metrics.json without per-datapoint values) and the figures with captions. :func:`format_table` gives the table
+alone, for the terminal. Computing the metrics and drawing the figures live elsewhere
 (:mod:`pyro_iterative.experiments.comparison`, :mod:`pyro_iterative.experiments.plots`); this module needs no
 matplotlib.
 """
@@ -19,15 +21,18 @@ from typing import Any, Mapping, Sequence
 __all__ = [
     "combined_se",
     "format_table",
+    "paired_difference",
     "steps_to_reach",
     "write_report",
 ]
 
-_FIGURE_ORDER = ["optimizer_comparison", "reconstructions", "piano_rolls", "posterior_2d", "training_curves"]
+_FIGURE_ORDER = ["optimizer_comparison", "reconstructions", "method_reconstructions", "piano_rolls", "posterior_2d",
+                 "training_curves"]
 _ALTERNATIVES = {"reconstructions": "piano_rolls", "piano_rolls": "reconstructions"}  # images or sequences
 _FIGURE_TITLES = {
     "optimizer_comparison": "Optimizer comparison",
     "reconstructions": "Reconstructions per iteration",
+    "method_reconstructions": "Reconstructions by method",
     "piano_rolls": "Piano-roll reconstructions per iteration",
     "posterior_2d": "2-D posterior and inference paths",
     "training_curves": "Training curves",
@@ -69,6 +74,42 @@ def combined_se(se1: float | None, se2: float | None) -> float | None:
     if se1 is None or se2 is None:
         return None
     return math.sqrt(float(se1) ** 2 + float(se2) ** 2)
+
+
+def paired_difference(a_values: Sequence[float], b_values: Sequence[float]) -> tuple[float, float, int]:
+    """Mean and standard error of the per-datapoint differences ``a - b`` between two methods measured on the same
+    datapoints, and how many datapoints there are.
+
+    The standard error is the standard deviation of the differences (``ddof=1``) over ``sqrt(n)``. What both methods
+    share on a datapoint (how hard it is, the random draws of a common seed) cancels in the difference, so when their
+    values are positively correlated it is smaller than :func:`combined_se` of the two means, which treats them as
+    independent.
+
+    :param a_values: one method's values, one per datapoint (e.g. ``test_elbo_values`` of its metrics entry).
+    :param b_values: the other method's values on the same datapoints, in the same order.
+    :return: ``(mean, standard_error, n)`` of ``a - b``.
+    :raises ValueError: when the two have different lengths (they are not values of the same datapoints) or fewer
+        than 2 datapoints.
+
+    Usage::
+
+        paired_difference([1.0, 2.0, 4.0], [0.5, 1.0, 3.0])  # (0.8333..., 0.1666..., 3)
+        paired_difference(iterative["test_elbo_values"], standard["test_elbo_values"])
+    """
+    if len(a_values) != len(b_values):
+        raise ValueError(
+            f"paired_difference compares values of the same datapoints, but got {len(a_values)} and "
+            f"{len(b_values)} values; pass both methods' values measured on the same test datapoints (the "
+            f"*_values of one metrics.json), or compare the means with combined_se."
+        )
+    count = len(a_values)
+    if count < 2:
+        raise ValueError(f"paired_difference needs at least 2 datapoints for a standard error, got {count}; "
+                         f"measure the methods on more test datapoints.")
+    differences = [float(a) - float(b) for a, b in zip(a_values, b_values)]
+    mean = math.fsum(differences) / count
+    variance = math.fsum((difference - mean) ** 2 for difference in differences) / (count - 1)
+    return mean, math.sqrt(variance / count), count
 
 
 # ----------------------------------------------------------------------------------------------------- formatting
@@ -182,8 +223,12 @@ def format_table(metrics: Mapping[str, Any]) -> str:
         print(format_table(json.loads(Path("out/metrics.json").read_text())))
     """
     header, rows = _table_rows(metrics)
+    return _aligned(header, rows, [False] + [True] * (len(header) - 1))
+
+
+def _aligned(header: list[str], rows: list[list[str]], numeric: list[bool]) -> str:
+    """An aligned Markdown table: ``numeric`` columns right-aligned, the others left-aligned."""
     widths = [max(len(line[column]) for line in [header, *rows]) for column in range(len(header))]
-    numeric = [False] + [True] * (len(header) - 1)
 
     def render(cells: list[str]) -> str:
         padded = [cell.rjust(w) if right else cell.ljust(w) for cell, w, right in zip(cells, widths, numeric)]
@@ -197,21 +242,67 @@ def format_table(metrics: Mapping[str, Any]) -> str:
 # ----------------------------------------------------------------------------------------------- plain-words text
 
 
-def _difference_clause(difference: float, se: float | None) -> str:
-    """How a difference compares with two combined standard errors, in words."""
+def _difference_clause(difference: float, se: float | None, count: int | None = None) -> str:
+    """How a difference compares with two standard errors, in words: paired ones on ``count`` datapoints, or (without
+    ``count``) combined unpaired ones."""
     if se is None:
         return "a standard error is missing, so whether the difference is real cannot be judged"
+    kind = "combined SE" if count is None else "paired SE"
+    on = "" if count is None else f" on {count} datapoints"
     if abs(difference) > 2 * se:
-        return f"combined SE {se:.2f}, so the difference exceeds 2 combined SEs ({2 * se:.2f})"
-    return f"combined SE {se:.2f}, within 2 combined SEs ({2 * se:.2f}): not distinguishable"
+        return f"{kind} {se:.2f}{on}, so the difference exceeds 2 {kind}s ({2 * se:.2f})"
+    return f"{kind} {se:.2f}{on}, within 2 {kind}s ({2 * se:.2f}): not distinguishable"
 
 
 def _join(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
+def _measured(methods: Mapping[str, Mapping[str, Any]], key: str) -> list[str]:
+    """The methods with a number for ``key``."""
+    return [name for name, method in methods.items() if _number(method.get(key)) is not None]
+
+
+def _paired_values(methods: Mapping[str, Mapping[str, Any]], key: str) -> dict[str, list[float]] | None:
+    """Every measured method's per-datapoint values of ``key`` (its ``<key>_values``), or None unless every one has
+    them, all numbers, on the same number (at least 2) of datapoints."""
+    values = {name: methods[name].get(key + "_values") for name in _measured(methods, key)}
+    if not values or not all(isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                          for x in v) for v in values.values()):
+        return None
+    lengths = {len(v) for v in values.values()}
+    return values if len(lengths) == 1 and min(lengths) >= 2 else None
+
+
+def _unpaired_reason(methods: Mapping[str, Mapping[str, Any]], keys: list[str]) -> str:
+    """Why the metrics ``keys`` cannot be compared datapoint by datapoint, in words."""
+    measured = {name for key in keys for name in _measured(methods, key)}
+    lacking = [name for name in methods if name in measured
+               and any(not isinstance(methods[name].get(key + "_values"), list) for key in keys if
+                       _number(methods[name].get(key)) is not None)]
+    if len(lacking) == len(measured):
+        return "this metrics.json has no per-datapoint values (*_values; it was written before they were stored)"
+    if lacking:
+        return f"per-datapoint values (*_values) are missing for {_join([_label(n, methods[n]) for n in lacking])}"
+    return "the methods' per-datapoint values (*_values) are not on the same number (at least 2) of datapoints"
+
+
+def _difference(
+    values: Mapping[str, list[float]] | None, a_name: str, a: Mapping[str, Any], b_name: str, b: Mapping[str, Any],
+    key: str,
+) -> tuple[float, float | None, int | None]:
+    """``a``'s ``key`` minus ``b``'s with its standard error and datapoints: paired on ``values`` when given, else
+    the difference of the means with their combined unpaired SE (datapoints None)."""
+    if values is not None:
+        mean, se, count = paired_difference(values[a_name], values[b_name])
+        return mean, _number(se), count
+    se = combined_se(_number(a.get(key + "_se")), _number(b.get(key + "_se")))
+    return _number(a.get(key)) - _number(b.get(key)), se, None
+
+
 def _winner_sentence(methods: Mapping[str, Mapping[str, Any]], key: str, what: str) -> str | None:
-    """Which method has the highest ``key`` and whether it is distinguishable from each other method."""
+    """Which method has the highest ``key`` and whether it is distinguishable from each other method (against paired
+    SEs when every method has per-datapoint values, else combined unpaired ones)."""
     entries = [(name, m, _number(m.get(key))) for name, m in methods.items() if _number(m.get(key)) is not None]
     if not entries:
         return None
@@ -222,30 +313,98 @@ def _winner_sentence(methods: Mapping[str, Mapping[str, Any]], key: str, what: s
         return (f"On {what}, only {best_label} was measured ({_pm(best_value, best.get(key + '_se'))} nats), "
                 f"so there is nothing to compare it with.")
     best_se = _number(best.get(key + "_se"))
-    ties, unknown = [], []
+    values = _paired_values(methods, key)
+    kind = "combined SE" if values is None else "paired SE"
+    ties, unknown, judged = [], [], {}
     for name, method, value in entries[1:]:
-        se = combined_se(best_se, _number(method.get(key + "_se")))
+        difference, se, count = judged[name] = _difference(values, best_name, best, name, method, key)
         if se is None:
             unknown.append(_label(name, method))
-        elif best_value - value <= 2 * se:
+        elif difference <= 2 * se:
             ties.append(f"{_label(name, method)} ({_pm(value, method.get(key + '_se'))}; "
-                        f"{best_value - value:.2f} nats lower, combined SE {se:.2f})")
+                        f"{difference:.2f} nats lower, {kind} {se:.2f})")
     runner_name, runner, runner_value = entries[1]
-    runner_se = combined_se(best_se, _number(runner.get(key + "_se")))
+    margin, runner_se, runner_count = judged[runner_name]
     if not ties and not unknown:
-        margin = best_value - runner_value
         return (f"On {what}, {best_label} won with {_pm(best_value, best_se)} nats, "
                 f"{margin:.2f} nats above the runner-up {_label(runner_name, runner)} "
-                f"({_pm(runner_value, runner.get(key + '_se'))}; {_difference_clause(margin, runner_se)}"
+                f"({_pm(runner_value, runner.get(key + '_se'))}; "
+                f"{_difference_clause(margin, runner_se, runner_count)}"
                 f"{', and further above the others' if len(entries) > 2 else ''}).")
     sentence = f"On {what}, {best_label} had the highest mean ({_pm(best_value, best_se)} nats)"
     if ties:
         sentence += (f" but is not distinguishable from {_join(ties)}: "
-                     f"{'that difference is' if len(ties) == 1 else 'those differences are'} within 2 combined SEs")
+                     f"{'that difference is' if len(ties) == 1 else 'those differences are'} within 2 {kind}s")
     if unknown:
         sentence += (f"{';' if ties else ','} standard errors are missing for {_join(unknown)}, "
                      f"so that comparison cannot be judged")
     return sentence + "."
+
+
+def _basis_note(methods: Mapping[str, Mapping[str, Any]], compared: list[tuple[str, str]]) -> str | None:
+    """Which standard errors the winner sentences on ``compared`` (``(key, what)``) judged differences against."""
+    compared = [(key, what) for key, what in compared if len(_measured(methods, key)) > 1]
+    paired = [what for key, what in compared if _paired_values(methods, key) is not None]
+    unpaired = [(key, what) for key, what in compared if _paired_values(methods, key) is None]
+    sentences = []
+    if paired:
+        sentences.append(f"Differences on {_join(paired)} are judged against paired SEs: every method was measured "
+                         f"on the same test datapoints with the same seeds (see Paired differences).")
+    if unpaired:
+        reason = _unpaired_reason(methods, [key for key, _ in unpaired])
+        sentences.append(f"Differences on {_join([what for _, what in unpaired])} are judged against combined "
+                         f"unpaired SEs sqrt(se1² + se2²), since {reason}; these overstate the noise of a difference "
+                         f"between methods measured on the same datapoints, so a paired comparison may separate "
+                         f"methods called not distinguishable here.")
+    return " ".join(sentences) or None
+
+
+# ----------------------------------------------------------------------------------------------- paired differences
+
+#: The metrics compared datapoint by datapoint: key, name, whether higher is better.
+_PAIRED_METRICS = [("test_elbo", "Test ELBO", True), ("log_likelihood", "log p(x)", True),
+                   ("amortization_gap", "Amortization gap", False)]
+
+
+def _paired_section(methods: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The report's "Paired differences": every method against the best one on each metric, datapoint by datapoint
+    (no section when no metric has two methods)."""
+    compared = [metric for metric in _PAIRED_METRICS if len(_measured(methods, metric[0])) > 1]
+    if not compared:
+        return []
+    rows, missing = [], []
+    for key, what, higher_is_better in compared:
+        values = _paired_values(methods, key)
+        if values is None:
+            missing.append((key, what))
+            continue
+        ranked = sorted(values, key=lambda name: _number(methods[name][key]), reverse=higher_is_better)
+        best = ranked[0]
+        for name in ranked[1:]:
+            difference, se, count = paired_difference(values[name], values[best])
+            se = _number(se)
+            if se is None:
+                beyond = "n/a"
+            elif abs(difference) > 2 * se:
+                beyond = f"yes (2 SEs = {2 * se:.2f})"
+            else:
+                beyond = f"no (2 SEs = {2 * se:.2f}): not distinguishable"
+            rows.append([f"{what} ({'higher' if higher_is_better else 'lower'} is better)", _label(name, methods[name]),
+                         _label(best, methods[best]), _pm(difference, se), _count(count), beyond])
+    lines = ["## Paired differences", ""]
+    if rows:
+        lines += ["Every method was measured on the same test datapoints with the same random seeds, so each is "
+                  "compared with the best method on each metric datapoint by datapoint: the mean of the per-datapoint "
+                  "differences (method − best, in nats; negative on test ELBO and log p(x), positive on the "
+                  "amortization gap, means worse) ± its paired standard error (standard deviation of the differences "
+                  "/ sqrt(n)), on n datapoints. A difference beyond 2 paired SEs is resolved by this evaluation.", "",
+                  _aligned(["Metric", "Method", "Best method", "Method − best (nats)", "n", "Beyond 2 paired SEs"],
+                           rows, [False, False, False, True, True, False]), ""]
+    if missing:
+        reason = _unpaired_reason(methods, [key for key, _ in missing])
+        lines += [f"Not compared datapoint by datapoint: {_join([what for _, what in missing])}, since {reason}; "
+                  f"the summary judges those differences against combined unpaired SEs.", ""]
+    return lines
 
 
 def _ratio(numerator: Any, denominator: Any) -> float | None:
@@ -256,7 +415,8 @@ def _ratio(numerator: Any, denominator: Any) -> float | None:
 
 
 def _iterative_vs_standard(methods: Mapping[str, Mapping[str, Any]]) -> str | None:
-    """The iterative model against the standard encoder: size, ELBO, log p(x), gap and cost."""
+    """The iterative model against the standard encoder: size, ELBO, log p(x), gap (against paired SEs where both have
+    per-datapoint values) and cost."""
     iterative, standard = methods.get("iterative"), methods.get("standard")
     if iterative is None and standard is None:
         return None
@@ -287,8 +447,8 @@ def _iterative_vs_standard(methods: Mapping[str, Mapping[str, Any]]) -> str | No
         it_value, std_value = _number(iterative.get(key)), _number(standard.get(key))
         if it_value is None or std_value is None:
             continue
-        difference = it_value - std_value
-        se = combined_se(_number(iterative.get(key + "_se")), _number(standard.get(key + "_se")))
+        values = _paired_values({"iterative": iterative, "standard": standard}, key)
+        difference, se, count = _difference(values, "iterative", iterative, "standard", standard, key)
         if difference == 0:
             amount = "equal"
         else:
@@ -297,7 +457,7 @@ def _iterative_vs_standard(methods: Mapping[str, Mapping[str, Any]]) -> str | No
             amount = f"{direction} ({judgement}) by {abs(difference):.2f} nats"
         sentences.append(
             f"Its {what} is {_pm(it_value, iterative.get(key + '_se'))} against "
-            f"{_pm(std_value, standard.get(key + '_se'))} nats: {amount}; {_difference_clause(difference, se)}."
+            f"{_pm(std_value, standard.get(key + '_se'))} nats: {amount}; {_difference_clause(difference, se, count)}."
         )
 
     costs = []
@@ -418,10 +578,56 @@ def _posterior_caption(data: Mapping[str, Any] | None) -> list[str]:
     return [text + "."]
 
 
-def _training_caption(methods: Mapping[str, Mapping[str, Any]]) -> list[str]:
+def _method_reconstructions_caption(metrics: Mapping[str, Any]) -> list[str]:
+    shown = metrics.get("reconstructed_datapoints") or {}
+    index = shown.get("index") or []
+    drawn = [_label(name, m) for name, m in (metrics.get("methods") or {}).items()
+             if (m.get("reconstructions") or {}).get("index") == index]
+    digits = f"test digits {', '.join(str(i) for i in index)}" if index else "test digits"
+    return [f"The same {digits} (first column, \"data\") and the decoder mean at each method's final q, one column "
+            f"per method ({', '.join(drawn) if drawn else 'none'}); under each reconstruction, that digit's test ELBO "
+            f"under the method (nats, of the same q: its entry of the method's test_elbo_values)."]
+
+
+def _training_caption(methods: Mapping[str, Mapping[str, Any]], validation: bool = False) -> list[str]:
     drawn = [_label(name, m) for name, m in methods.items() if m.get("history")]
-    return [f"Test ELBO against training epoch (left) and wall-clock training seconds (right), ±1 SE bands: "
-            f"{', '.join(drawn) if drawn else 'no method'}."]
+    what = "Validation ELBO (the held-out training digits)" if validation else "Test ELBO"
+    ringed = " Rings mark each method's best epoch, the checkpoint measured." if any(
+        m.get("best_epoch") for m in methods.values()) else ""
+    return [f"{what} against training epoch (left) and wall-clock training seconds (right), ±1 SE bands: "
+            f"{', '.join(drawn) if drawn else 'no method'}.{ringed}"]
+
+
+def _study_section(metrics: Mapping[str, Any]) -> list[str]:
+    """The tuning study's protocol, every configuration's validation result and the one selected per method."""
+    study = metrics.get("study")
+    if not study:
+        return []
+    config = metrics.get("config") or {}
+    methods = metrics.get("methods") or {}
+    grid = study.get("grid") or {}
+    sizes = sorted({len(rows) for rows in grid.values()})
+    lines = ["## Tuning study", "",
+             f"Every method was tuned over the same number of configurations ({' / '.join(map(str, sizes))}), each "
+             f"trained on the training digits less a validation split of {config.get('validation')} (seeded, "
+             f"stratified by class), with early stopping once the validation ELBO had not improved for "
+             f"{config.get('patience')} epochs (at most {config.get('epochs')}), its best epoch kept. Each method's "
+             "configuration with the highest validation ELBO was selected; only the selected ones were measured on "
+             "the test set, once. Validation ELBOs below are means over the validation digits at the best epoch.", "",
+             "| Method | Configuration | Epochs | Best epoch | Best validation ELBO | Train (s) | Selected |",
+             "|:--|:--|--:|--:|--:|--:|:-:|"]
+    for name, rows in grid.items():
+        label = _label(name, methods.get(name, {}))
+        for row in rows:
+            lines.append(f"| {label} | {row['configuration']} | {row['epochs']} | {row['best_epoch']} | "
+                         f"{_fixed(row['best_validation_elbo'], 2)} | {_seconds(row['seconds'])} | "
+                         f"{'yes' if row['selected'] else ''} |")
+    for row, tuned in (study.get("references") or {}).items():
+        if row in methods:
+            lines += ["", f"{_label(row, methods[row])} is a reference row, not tuned: trained once at the "
+                          f"configuration selected for {_label(tuned, methods.get(tuned, {}))} "
+                          f"({methods[row].get('selected')}), with the same early stopping."]
+    return lines + [""]
 
 
 def _relative_link(path: Path, out_dir: Path) -> str:
@@ -432,12 +638,17 @@ def _relative_link(path: Path, out_dir: Path) -> str:
 
 
 def write_report(metrics: Mapping[str, Any], out_dir: str | Path, figures: Mapping[str, Path]) -> Path:
-    """Write ``report.md`` into ``out_dir``: setup, comparison table, plain-words summary and figures.
+    """Write ``report.md`` into ``out_dir``: setup, comparison table, paired differences, plain-words summary and
+    figures.
 
-    The summary names the winner on test ELBO and on log-likelihood and by how much, judged against two
-    combined standard errors ``sqrt(se1**2 + se2**2)`` ("not distinguishable" when within), then compares the
-    iterative model with the standard encoder (parameter ratio, ELBO, log-likelihood, gap, decoder passes and
-    inference time). Comparisons needing a missing method or value are left out. Only the figures in
+    "Paired differences" compares every method with the best one on test ELBO, log p(x) and amortization gap
+    datapoint by datapoint (:func:`paired_difference` of the methods' ``*_values``: mean difference ± paired SE, on
+    n datapoints, and whether it exceeds 2 paired SEs). The summary names the winner on test ELBO and on
+    log-likelihood and by how much, judged against two paired standard errors when every method has per-datapoint
+    values, else (a metrics.json written before they were stored) against two combined unpaired ones
+    ``sqrt(se1**2 + se2**2)``, and says which ("not distinguishable" when within); then it compares the iterative
+    model with the standard encoder (parameter ratio, ELBO, log-likelihood, gap, decoder passes and inference time),
+    on the same footing. Comparisons needing a missing method or value are left out. Only the figures in
     ``figures`` are embedded, with links relative to ``out_dir``.
 
     :param metrics: the parsed ``metrics.json`` (``docs/metrics-schema.md``).
@@ -463,18 +674,21 @@ def write_report(metrics: Mapping[str, Any], out_dir: str | Path, figures: Mappi
     if config.get("command"):
         lines += ["Command:", "", "```", str(config["command"]), "```", ""]
     lines += _setup_lines(config) + [""]
+    lines += _study_section(metrics)
 
     lines += ["## Results", "", format_table(metrics), ""]
     lines += ["Means over test datapoints ± 1 standard error, in nats per datapoint. log p(x) is importance "
               "sampled on n datapoints; the amortization gap is the ELBO gained by optimizing each datapoint's q "
               "locally from the guide's output (smaller is better). Decoder passes count forward + backward "
               "passes per datapoint.", ""]
+    lines += _paired_section(methods)
 
     winners = [sentence for sentence in (
         _winner_sentence(methods, "test_elbo", "test ELBO"),
         _winner_sentence(methods, "log_likelihood", "log-likelihood"),
     ) if sentence]
-    paragraphs = [" ".join(winners)] if winners else []
+    basis = _basis_note(methods, [("test_elbo", "test ELBO"), ("log_likelihood", "log-likelihood")])
+    paragraphs = [" ".join(winners + ([basis] if basis else []))] if winners else []
     versus = _iterative_vs_standard(methods)
     if versus:
         paragraphs.append(versus)
@@ -493,16 +707,20 @@ def write_report(metrics: Mapping[str, Any], out_dir: str | Path, figures: Mappi
             caption = _optimizer_caption(figure_data.get(name))
         elif name == "reconstructions":
             caption = _reconstructions_caption(figure_data.get(name))
+        elif name == "method_reconstructions":
+            caption = _method_reconstructions_caption(metrics)
         elif name == "piano_rolls":
             caption = _piano_rolls_caption(figure_data.get(name))
         elif name == "posterior_2d":
             caption = _posterior_caption(figure_data.get(name))
         elif name == "training_curves":
-            caption = _training_caption(methods)
+            caption = _training_caption(methods, bool(config.get("validation")))
         else:
             caption = []
         lines += caption + ([""] if caption else [])
-    missing = [name for name in _FIGURE_ORDER if name not in figures and _ALTERNATIVES.get(name) not in figures]
+    expected = [name for name in _FIGURE_ORDER  # reconstructions by method: for runs that measured them
+                if name != "method_reconstructions" or any(m.get("reconstructions") for m in methods.values())]
+    missing = [name for name in expected if name not in figures and _ALTERNATIVES.get(name) not in figures]
     if missing:
         lines += [f"Not drawn: {', '.join(_FIGURE_TITLES[name] for name in missing)}.", ""]
 

@@ -4,6 +4,8 @@
   plates, global latents, the final q, :meth:`LocalGuide.refine`, inspection, serialization);
 - :mod:`~pyro_iterative.guides.iterative`: :class:`IterativeGuide`, iterative amortized inference;
 - :mod:`~pyro_iterative.guides.amortized`: :class:`AmortizedGuide`, the standard one-shot encoder;
+- :mod:`~pyro_iterative.guides.encoder_iterative`: :class:`EncoderIterativeGuide`, iterative inference started from an
+  encoder's q;
 - :mod:`~pyro_iterative.guides.semi_amortized`: :class:`SemiAmortizedGuide`, an encoder refined by gradient steps;
 - :mod:`~pyro_iterative.guides.per_datapoint`: :class:`PerDatapointGuide`, variational EM with stored q;
 - :mod:`~pyro_iterative.guides.optimizing`: :class:`OptimizingGuide`, q optimized at every call (variational EM's
@@ -20,6 +22,7 @@ data and reports live elsewhere.
 
 from .amortized import AmortizedGuide
 from .base import LocalGuide, LocalInference, Refinement
+from .encoder_iterative import EncoderIterativeGuide
 from .iterative import ENCODABLE, IterativeGuide
 from .optimizing import OptimizingGuide
 from .per_datapoint import PerDatapointGuide
@@ -31,6 +34,7 @@ from .sequential import SequentialIterativeGuide
 __all__ = [
     "AmortizedGuide",
     "ENCODABLE",
+    "EncoderIterativeGuide",
     "IterativeGuide",
     "LocalGuide",
     "LocalInference",

@@ -86,6 +86,9 @@ class IterativeGuide(LocalGuide):
         default: counts in the hundreds and raw measurements are safe) or ``"none"`` (as they are, as in the paper).
     :param bool small_init: start every update as a small step (gate near 1, zero output weights), so that an
         untrained guide keeps q near lambda_0 (``False``: PyTorch's default initialisation, as in the paper's code).
+    :param bool highway: the update networks' hidden-to-hidden layers are highway layers
+        (:class:`~pyro_iterative.inference.networks.Highway`, as in the paper's reference code) instead of Linear + ELU;
+        ``hidden_sizes`` must then be two or more equal widths (the default's are).
     :param int num_particles: samples per datapoint in the inner ELBO estimate.
     :param bool low_memory: keep only each update's inputs (lambda, the raw gradient) for the backward pass
         and recompute the update networks' activations there (``torch.utils.checkpoint``): training
@@ -105,6 +108,7 @@ class IterativeGuide(LocalGuide):
         gradient_encoding: str = "log_sign",
         data_encoding: str = "symlog",
         small_init: bool = False,
+        highway: bool = False,
         num_particles: int = 1,
         low_memory: bool = False,
         **kwargs,
@@ -122,6 +126,7 @@ class IterativeGuide(LocalGuide):
         self.gradient_encoding = gradient_encoding
         self.data_encoding = data_encoding
         self.small_init = bool(small_init)
+        self.highway = bool(highway)
         self.low_memory = bool(low_memory)
 
     _refinement_gives_masks = True
@@ -131,13 +136,26 @@ class IterativeGuide(LocalGuide):
         if not isinstance(num_iterations, int) or num_iterations < 1:
             raise ValueError(f"num_iterations must be an integer >= 1, got {num_iterations!r}.")
 
-    def _setup_networks(self, layout: SiteLayout) -> None:
+    def build_update_networks(self, layout: SiteLayout, hidden_sizes: Sequence[int] | None = None) -> nn.ModuleList:
+        """The update networks this guide builds for ``layout``, one per local site, with this guide's options.
+
+        Public so that the networks can be sized without running the model
+        (:func:`~pyro_iterative.matching.matched_iterative_guide` counts their parameters).
+
+        Usage::
+
+            nets = IterativeGuide(model, highway=True).build_update_networks(guide.layout, (256, 256))
+            sum(p.numel() for p in nets.parameters())
+
+        :param hidden_sizes: the hidden widths (default: the guide's ``hidden_sizes``, or the automatic widths).
+        """
         if "errors" in self.encode and layout.enumerated_names:
             raise ValueError(
                 f"encode='errors' reads each site's predicted mean, which the enumerated sites "
                 f"{layout.enumerated_names} make depend on their values; use encode=('gradient', 'data') for "
                 "models with enumerated latents."
             )
+        hidden_sizes = self.hidden_sizes if hidden_sizes is None else tuple(hidden_sizes)
         updates = []
         for site in layout.local_sites:
             width = 2 * site.size
@@ -148,10 +166,14 @@ class IterativeGuide(LocalGuide):
                 inputs += layout.data_size + sum(other.value_size for other in layout.local_sites)
             # The data is the same at every iteration: its first-layer projection is computed once per call.
             constant = layout.data_size if "data" in self.encode else 0
-            hidden = self.hidden_sizes or (auto_width(layout.data_size + width),) * DEFAULT_HIDDEN_LAYERS
-            updates.append(GatedUpdate(inputs, width, hidden, constant_features=constant, small_init=self.small_init))
+            hidden = hidden_sizes or (auto_width(layout.data_size + width),) * DEFAULT_HIDDEN_LAYERS
+            updates.append(GatedUpdate(inputs, width, hidden, constant_features=constant, small_init=self.small_init,
+                                       highway=self.highway))
+        return nn.ModuleList(updates)
+
+    def _setup_networks(self, layout: SiteLayout) -> None:
         # A plain nn.ModuleList: reading the attribute registers its parameters with Pyro (pyro.module).
-        self.update_nets = nn.ModuleList(updates)
+        self.update_nets = self.build_update_networks(layout)
 
     def inference_cost(self, num_iterations: int | None = None) -> ModelPasses:
         """``num_iterations`` forward and backward passes per datapoint (the data comes from the first)."""
@@ -174,8 +196,10 @@ class IterativeGuide(LocalGuide):
         nets = self.update_nets
         sites = self.layout.local_sites
         like = self._parameter_like()
-        lam = self._initial_lambda(len(batch))
+        lam = self._starting_lambda(args, kwargs, batch, global_values)
         training = torch.is_grad_enabled()
+        # A starting lambda computed by a network (a subclass's encoder) is trained on its own ELBO, below.
+        start_learned = training and any(value.requires_grad for value in lam.values())
         recompute = training and self.low_memory
         projected, errors, elbos, path, network_loss, masks = [None] * len(nets), None, [], [], None, None
         for t in range(num_iterations):
@@ -195,7 +219,7 @@ class IterativeGuide(LocalGuide):
             if "errors" in self.encode:
                 errors = prediction_errors(model_trace, self.layout, self._inner_elbo.particle_dim).detach()
                 errors = errors.to(like.dtype)
-            if training and t > 0:
+            if training and (t > 0 or start_learned):
                 network_loss = self._add_elbo_of(lam, step.grads, network_loss)
             new_lam = {}
             for site, net, grad, projection in zip(sites, nets, grads, projected):
@@ -212,13 +236,21 @@ class IterativeGuide(LocalGuide):
             lam, network_loss = self._averaged_over_iterations(lam, network_loss, num_iterations)
         return Refinement(lam=lam, elbos=elbos, path=path, network_loss=network_loss, masks=masks)
 
+    def _starting_lambda(
+        self, args: tuple, kwargs: dict, batch: Batch, global_values: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """lambda_0 of every local site, ``(batch, 2 * size)``, where the refinement starts: ``init_loc`` and
+        ``init_scale`` here. A subclass may compute it from the data (with a graph: the networks' surrogate loss then
+        also holds the ELBO at lambda_0, see :meth:`_add_elbo_of`)."""
+        return self._initial_lambda(len(batch))
+
     @staticmethod
     def _add_elbo_of(
         lam: dict[str, torch.Tensor], grads: dict[str, torch.Tensor], network_loss: torch.Tensor | None
     ) -> torch.Tensor:
-        """The networks' surrogate loss with the ELBO at ``lam`` (an updated estimate) added: ``-<grad, lam>`` per
-        datapoint, whose gradient with respect to the networks is that of the ELBO at ``lam`` (inner gradients
-        detached)."""
+        """The networks' surrogate loss with the ELBO at ``lam`` (an updated estimate, or a learned lambda_0) added:
+        ``-<grad, lam>`` per datapoint, whose gradient with respect to the networks is that of the ELBO at ``lam``
+        (inner gradients detached)."""
         term = sum((grads[name] * value).sum(-1) for name, value in lam.items())
         return -term if network_loss is None else network_loss - term
 

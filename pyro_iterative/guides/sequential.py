@@ -9,7 +9,7 @@ This module holds the refinement loop over stacked time steps. How the steps are
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -77,7 +77,8 @@ class SequentialIterativeGuide(IterativeGuide):
         ``hidden_sizes`` (by default two layers of :func:`~pyro_iterative.inference.networks.auto_width` of what one
         step's network reads and writes), ``encode`` (``"gradient"`` and/or ``"data"``: the step's own observations
         and the observed sites that have no step), ``gradient_encoding``, ``data_encoding``, ``small_init``,
-        ``num_particles`` (samples per sequence), and those of :class:`~pyro_iterative.guides.base.LocalGuide`.
+        ``highway``, ``num_particles`` (samples per sequence), and those of
+        :class:`~pyro_iterative.guides.base.LocalGuide`.
     """
 
     def __init__(
@@ -93,19 +94,32 @@ class SequentialIterativeGuide(IterativeGuide):
         self.neighbours = bool(neighbours)
         self.step = step
 
-    def _setup_networks(self, layout: SiteLayout) -> None:
-        self.time = time_layout(layout, self.step)
+    def build_update_networks(self, layout: SiteLayout, hidden_sizes: Sequence[int] | None = None) -> nn.ModuleList:
+        """The update networks this guide builds for ``layout``, one per latent group (shared by its steps).
+
+        Usage::
+
+            nets = SequentialIterativeGuide(dmm).build_update_networks(guide.layout, (200, 200))
+
+        :param hidden_sizes: the hidden widths (default: the guide's ``hidden_sizes``, or the automatic widths).
+        """
+        hidden_sizes = self.hidden_sizes if hidden_sizes is None else tuple(hidden_sizes)
         updates = []
-        for group in self.time.groups:
+        for group in time_layout(layout, self.step).groups:
             width = 2 * group.size
             inputs = width + (2 * width if self.neighbours else 0)
             if "gradient" in self.encode:
                 inputs += encoded_size(self.gradient_encoding, width)
             constant = group.data_size if "data" in self.encode else 0
-            hidden = self.hidden_sizes or (auto_width(group.data_size + width),) * DEFAULT_HIDDEN_LAYERS
-            updates.append(GatedUpdate(inputs, width, hidden, constant_features=constant, small_init=self.small_init))
+            hidden = hidden_sizes or (auto_width(group.data_size + width),) * DEFAULT_HIDDEN_LAYERS
+            updates.append(GatedUpdate(inputs, width, hidden, constant_features=constant, small_init=self.small_init,
+                                       highway=self.highway))
+        return nn.ModuleList(updates)
+
+    def _setup_networks(self, layout: SiteLayout) -> None:
+        self.time = time_layout(layout, self.step)
         # A plain nn.ModuleList, one network per latent group: reading it registers its parameters with Pyro.
-        self.update_nets = nn.ModuleList(updates)
+        self.update_nets = self.build_update_networks(layout)
 
     def _refine(
         self,

@@ -22,7 +22,7 @@ from .cost import ModelPasses
 from .encodings import GRADIENT_ENCODINGS, encode_gradient, encoded_size, prediction_errors
 from .gradient import ELBOGradient, elbo_gradient
 from .inner_elbo import InnerELBO, ReplayScorer, check_observations, latent_masks, per_datapoint_elbo
-from .networks import GatedUpdate, mlp
+from .networks import GatedUpdate, Highway, mlp
 from .optimize import DEFAULT_LEARNING_RATES, OPTIMIZERS, LocalOptimization, check_optimizer_settings, optimize_lambda
 from .parameters import CONSTRAINED_LOG_SCALE_RANGE, LOG_SCALE_RANGE, LocalParams, initial_lambda, local_params
 from .sites import LocalSite, ObservedSite, SiteLayout, discover_sites, model_mask
@@ -35,6 +35,7 @@ __all__ = [
     "ELBOGradient",
     "GRADIENT_ENCODINGS",
     "GatedUpdate",
+    "Highway",
     "InnerELBO",
     "LOG_SCALE_RANGE",
     "LocalOptimization",

@@ -1,4 +1,4 @@
-"""Neural networks used by the guides: an ELU multilayer perceptron and the gated update of the paper.
+"""Neural networks used by the guides: an ELU multilayer perceptron, a highway layer and the gated update of the paper.
 
 These are plain ``torch.nn.Module`` s (not ``PyroModule`` s): a guide holds them as attributes and
 Pyro registers their parameters through ``pyro.module`` when the guide reads the attribute. What
@@ -16,6 +16,7 @@ from torch import nn
 __all__ = [
     "DEFAULT_HIDDEN_LAYERS",
     "GatedUpdate",
+    "Highway",
     "auto_width",
     "mlp",
     "shrink_output",
@@ -80,6 +81,39 @@ def mlp(in_features: int, hidden_sizes: Sequence[int], out_features: int | None 
     return nn.Sequential(*layers)
 
 
+class Highway(nn.Module):
+    """A highway layer of one width (Srivastava, Greff & Schmidhuber, 2015): ``y = t * ELU(W x + b) + (1 - t) * x``
+    with the transform gate ``t = sigmoid(W_t x + b_t)``.
+
+    The gate's bias starts at ``gate_bias`` (default -1, ``t`` about 0.27), so that a new layer mostly carries its
+    input through, as Srivastava et al. recommend for deep stacks; the paper's reference code used such layers in its
+    update networks (:class:`GatedUpdate` with ``highway=True``). Parameters: ``transform.weight``,
+    ``transform.bias``, ``gate.weight``, ``gate.bias``, ``2 * (width ** 2 + width)`` in all.
+
+    Usage::
+
+        layer = Highway(64)
+        y = layer(x)   # x: (batch, 64), y: (batch, 64)
+
+    :param width: the width of the layer's input and output.
+    :param gate_bias: initial bias of the transform gate (negative: start near carrying the input).
+    """
+
+    def __init__(self, width: int, gate_bias: float = -1.0) -> None:
+        super().__init__()
+        if width < 1:
+            raise ValueError(f"a highway layer's width must be positive, got {width}.")
+        self.transform = nn.Linear(width, width)
+        self.gate = nn.Linear(width, width)
+        with torch.no_grad():
+            self.gate.bias.fill_(gate_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate = torch.sigmoid(self.gate(x))
+        # ELU in place on the transform's output, which no backward pass reads (the Linear's reads its input)
+        return gate * nn.functional.elu(self.transform(x), inplace=True) + (1 - gate) * x
+
+
 class GatedUpdate(nn.Module):
     """The gated update of iterative amortized inference: ``lambda' = g * lambda + (1 - g) * delta``.
 
@@ -105,23 +139,32 @@ class GatedUpdate(nn.Module):
     :param small_init: start as a small step: the gate's bias at +2 (``g`` about 0.88), both heads' weights zero
         and the proposal's bias zero, so that an untrained update only shrinks lambda towards 0 (lambda_0 of a
         standard-normal q stays where it is; ``False``: PyTorch's default initialisation, as in the paper's code).
+    :param highway: the hidden-to-hidden layers are :class:`Highway` layers (as in the paper's reference code)
+        instead of Linear + ELU: ``hidden_sizes`` must then be two or more equal widths, e.g. ``(512, 512)``, and each
+        such layer has ``width ** 2 + width`` more parameters (its transform gate). ``False`` builds the same layers,
+        with the same parameter names, as before the option existed.
     """
 
     def __init__(
         self, in_features: int, out_features: int, hidden_sizes: Sequence[int] = (512, 512), constant_features: int = 0,
-        *, small_init: bool = False,
+        *, small_init: bool = False, highway: bool = False,
     ) -> None:
         super().__init__()
         hidden_sizes = tuple(hidden_sizes)
         if not hidden_sizes or min(hidden_sizes) < 1:
             raise ValueError(f"hidden_sizes must be one or more positive widths, e.g. (512, 512), got {hidden_sizes}.")
+        if highway and (len(hidden_sizes) < 2 or len(set(hidden_sizes)) > 1):
+            raise ValueError(
+                f"highway=True makes the hidden-to-hidden layers highway layers, which keep their width: pass two or "
+                f"more equal widths, e.g. hidden_sizes=(512, 512), or highway=False; got hidden_sizes={hidden_sizes}."
+            )
         self.input = nn.Linear(in_features, hidden_sizes[0])
         self.constant = nn.Linear(constant_features, hidden_sizes[0], bias=False) if constant_features else None
         # ELUs in place: their backward pass reads their outputs, so the pre-activations are not kept alive
         # (the update networks' activations are what training memory grows with, once per iteration).
         layers: list[nn.Module] = [nn.ELU(inplace=True)]
         for width_in, width_out in zip(hidden_sizes, hidden_sizes[1:]):
-            layers += [nn.Linear(width_in, width_out), nn.ELU(inplace=True)]
+            layers += [Highway(width_in)] if highway else [nn.Linear(width_in, width_out), nn.ELU(inplace=True)]
         self.body = nn.Sequential(*layers)
         self.gate = nn.Linear(hidden_sizes[-1], out_features)
         self.delta = nn.Linear(hidden_sizes[-1], out_features)

@@ -9,7 +9,7 @@ from pyro.nn import PyroModule
 
 from pyro_iterative import IterativeGuide
 from pyro_iterative.experiments.checkpoints import CheckpointError, TrainingCheckpoint, write_json
-from pyro_iterative.experiments.engine import TrainingError, train
+from pyro_iterative.experiments.engine import TrainingError, best_epoch, stopped_early, train
 from pyro_iterative.models import LinearGaussian
 
 
@@ -117,3 +117,62 @@ def test_checkpoint_of_the_lightning_loop_is_refused_with_the_way_out(tmp_path):
     with pytest.raises(CheckpointError, match=r"written by PyTorch Lightning .*resume it the same way"):
         run(tmp_path, epochs=1, resume=True)
     assert path.read_bytes() == before
+
+
+def scripted_run(tmp_path, scores, epochs, patience, resume=False):
+    """Train with an evaluate() that returns ``scores`` in turn; record the guide's state after each epoch."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    model = LinearGaussian.orthogonal(data_dim=6, latent_dim=2, seed=0, learn=True)
+    x = model.sample(60, seed=1).detach()
+    guide = IterativeGuide(model, num_iterations=1, hidden_sizes=(8,))
+    states = []
+    done = len(TrainingCheckpoint.load(tmp_path / "checkpoint.pt").history) if resume else 0
+    remaining = iter(scores[done:])
+
+    def evaluate():
+        states.append({k: v.clone() for k, v in guide.state_dict().items()})
+        return next(remaining), 0.0
+
+    history = train(model, guide, x, epochs=epochs, batch_size=30, lr=1e-2, binarize_mode="none", evaluate=evaluate,
+                    checkpoint=tmp_path / "checkpoint.pt", best_checkpoint=tmp_path / "best.pt", patience=patience,
+                    config={"epochs": epochs}, resume=resume, quiet=True)
+    return history, states
+
+
+def test_early_stopping_ends_after_patience_epochs_and_keeps_the_best_epoch(tmp_path):
+    scores = [-10.0, -9.0, -9.5, -9.0, -8.0, -7.0]  # best at epoch 2; epochs 3 and 4 do not beat it (a tie does not)
+    history, states = scripted_run(tmp_path, scores, epochs=6, patience=2)
+    assert [record["epoch"] for record in history] == [1, 2, 3, 4]
+    assert best_epoch(history) == 2 and stopped_early(history, 2)
+    best = TrainingCheckpoint.load(tmp_path / "best.pt")
+    assert best.epoch == 2
+    for name, value in best.guide.items():
+        assert torch.equal(value, states[1][name])  # the guide as it was evaluated at epoch 2
+    assert TrainingCheckpoint.load(tmp_path / "checkpoint.pt").epoch == 4
+    # resuming a stopped run trains nothing more
+    again, states = scripted_run(tmp_path, scores, epochs=6, patience=2, resume=True)
+    assert len(again) == 4 and states == []
+
+
+def test_without_patience_every_epoch_runs_and_the_best_is_still_kept(tmp_path):
+    history, _ = scripted_run(tmp_path, [-3.0, -5.0, -6.0, -7.0], epochs=4, patience=None)
+    assert len(history) == 4
+    assert TrainingCheckpoint.load(tmp_path / "best.pt").epoch == 1
+
+
+def test_best_epoch_and_stopped_early_on_histories():
+    def records(*scores):
+        return [{"epoch": i + 1, "test_elbo": s} for i, s in enumerate(scores)]
+
+    assert best_epoch([]) is None and not stopped_early([], 1)
+    assert best_epoch(records(float("nan"), -2.0, -1.0, -1.0)) == 3  # NaN skipped, earliest of ties
+    assert not stopped_early(records(-3.0, -2.0, -2.5), 2)
+    assert stopped_early(records(-3.0, -2.0, -2.5, -2.1), 2)
+    assert not stopped_early(records(-3.0, -2.0, -2.5, -2.1), None)
+
+
+def test_patience_needs_an_evaluation(tmp_path):
+    model = LinearGaussian.orthogonal(data_dim=6, latent_dim=2, seed=0, learn=True)
+    with pytest.raises(ValueError, match="patience must be a positive integer and needs an evaluate"):
+        train(model, IterativeGuide(model), model.sample(10, seed=1).detach(), epochs=1, patience=2, quiet=True)

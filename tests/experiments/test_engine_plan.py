@@ -47,7 +47,7 @@ def test_plan_records_and_checks_losses():
     record = plan.record(2, 12.5, [3.0, 5.0])
     assert record == EpochRecord(epoch=2, seconds=12.5, train_loss=4.0, test_elbo=-5.0, test_elbo_se=0.5)
     assert calls == [1] and record.as_dict()["train_loss"] == 4.0
-    assert record.line(3, 0) == "epoch   2/3  train loss     4.000  test ELBO    -5.000 ± 0.500  (  12.5 s)"
+    assert record.line(3, 0) == "epoch   2/3  train loss     4.000  held-out ELBO    -5.000 ± 0.500  (  12.5 s)"
     assert record.line(3, 7).endswith("[7 non-finite ELBO gradients contained so far]")
     assert math.isnan(EpochPlan(torch.zeros(4, 1), epochs=1, binarize_mode="none").record(1, 0.0, []).test_elbo)
     plan.check_loss(1.0, 1, 1)

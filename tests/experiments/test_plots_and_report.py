@@ -2,10 +2,18 @@
 
 import copy
 import math
+import re
+import statistics
 
 import pytest
 
-from pyro_iterative.experiments.report import combined_se, format_table, steps_to_reach, write_report
+from pyro_iterative.experiments.report import (
+    combined_se,
+    format_table,
+    paired_difference,
+    steps_to_reach,
+    write_report,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 K = 3
@@ -227,3 +235,158 @@ def test_table_shows_perplexity_for_bag_of_words_runs():
     table = format_table(metrics)
     assert "Perplexity (ELBO)" in table and "94.0" in table and "90.0" in table
     assert "Perplexity" not in format_table({"config": {}, "methods": {"a": {"test_elbo": -1.0}}})
+
+
+# ---------------------------------------------------------------------------------- per-datapoint (paired) values
+
+N = 50
+#: How hard each test datapoint is: shared by every method, it dominates each method's standard error.
+SHARED = [10.0 * math.sin(i) for i in range(N)]
+
+
+def _values(mean, phase):
+    """N values with the given mean: the shared difficulty plus a small method-specific part."""
+    raw = [shared + 0.2 * math.cos(1.7 * i + phase) for i, shared in enumerate(SHARED)]
+    shift = mean - sum(raw) / N
+    return [value + shift for value in raw]
+
+
+def with_values(metrics):
+    """Per-datapoint values behind every method's test ELBO, log p(x) and gap (the means kept, the SEs theirs)."""
+    for phase, method in enumerate(metrics["methods"].values()):
+        for key in ("test_elbo", "log_likelihood", "amortization_gap"):
+            values = _values(method[key], phase)
+            method[key + "_values"] = values
+            method[key + "_se"] = statistics.stdev(values) / math.sqrt(N)
+    return metrics
+
+
+def test_paired_difference_against_a_hand_computation():
+    # differences 0.5, 1, 1: mean 5/6; variance ((1/3)**2 + 2 * (1/6)**2) / (3 - 1) = 1/12; SE sqrt(1/12 / 3) = 1/6
+    mean, se, count = paired_difference([1.0, 2.0, 4.0], [0.5, 1.0, 3.0])
+    assert (mean, se, count) == (pytest.approx(5 / 6), pytest.approx(1 / 6), 3)
+    with pytest.raises(ValueError, match="same datapoints, but got 3 and 2 values"):
+        paired_difference([1.0, 2.0, 4.0], [0.5, 1.0])
+    with pytest.raises(ValueError, match="at least 2 datapoints"):
+        paired_difference([1.0], [0.5])
+
+
+def test_paired_se_is_smaller_than_the_combined_se_on_correlated_values():
+    a, b = _values(-95.0, 0), _values(-96.0, 1)
+    mean, se, count = paired_difference(a, b)
+    unpaired = combined_se(statistics.stdev(a) / math.sqrt(N), statistics.stdev(b) / math.sqrt(N))
+    assert count == N and mean == pytest.approx(1.0)
+    assert unpaired > 0.5 and se < unpaired / 10  # the shared difficulty cancels in the differences
+    assert abs(mean) <= 2 * unpaired and abs(mean) > 2 * se
+
+
+def _row(text, metric, label):
+    """The cells of the paired-differences row of ``label`` on ``metric``."""
+    for line in text.splitlines():
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if len(cells) == 6 and cells[0].startswith(metric) and cells[1] == label:
+            return cells
+    raise AssertionError(f"no row for {label} on {metric}")
+
+
+def test_paired_differences_separate_methods_the_unpaired_test_cannot(tmp_path):
+    metrics = with_values(make_metrics())
+    iterative, standard = metrics["methods"]["iterative"], metrics["methods"]["standard"]
+    standard["test_elbo"] = -96.0  # 0.7 nats below iterative
+    standard["test_elbo_values"] = _values(-96.0, 0.5)
+    unpaired = combined_se(iterative["test_elbo_se"], standard["test_elbo_se"])
+    assert 0.7 <= 2 * unpaired  # within 2 combined SEs: not distinguishable without pairing
+    text = write_report(metrics, tmp_path, {}).read_text(encoding="utf-8")
+
+    assert "## Paired differences" in text and text.index("## Paired differences") < text.index("## Summary")
+    mean, se, count = paired_difference(standard["test_elbo_values"], iterative["test_elbo_values"])
+    assert mean == pytest.approx(-0.7) and 0.7 > 2 * se
+    assert _row(text, "Test ELBO", "Standard encoder") == [
+        "Test ELBO (higher is better)", "Standard encoder", "Iterative (K=3)", f"{mean:.2f} ± {se:.2f}", "50",
+        f"yes (2 SEs = {2 * se:.2f})"]
+    # The gap: lower is better, so the per-datapoint method (0.0) is the best, and the others lie above it.
+    gap = _row(text, "Amortization gap (lower is better)", "Semi-amortized")
+    assert gap[2] == "Per-datapoint" and gap[3].startswith("1.00 ± ")
+    with pytest.raises(AssertionError, match="no row"):
+        _row(text, "Test ELBO", "Iterative (K=3)")  # the best method is the reference, not a row
+
+    # The winner paragraph judges against paired SEs: iterative now wins on test ELBO (and on log p(x)).
+    assert (f"On test ELBO, Iterative (K=3) won with -95.30 ± {iterative['test_elbo_se']:.2f} nats, 0.70 nats above "
+            f"the runner-up Standard encoder") in text
+    assert f"paired SE {se:.2f} on 50 datapoints, so the difference exceeds 2 paired SEs ({2 * se:.2f})" in text
+    assert "On log-likelihood, Iterative (K=3) won with" in text
+    assert "not distinguishable from" not in text
+    assert "Differences on test ELBO and log-likelihood are judged against paired SEs" in text
+    assert "combined" not in text
+    # The iterative model against the standard encoder, on the same footing.
+    assert "higher (better) by 0.70 nats; paired SE" in text
+
+
+def test_report_without_per_datapoint_values_falls_back_to_combined_ses(tmp_path):
+    metrics = make_metrics()
+    metrics["methods"]["standard"]["test_elbo"] = -96.0  # as above, but written before values were stored
+    text = write_report(metrics, tmp_path, {}).read_text(encoding="utf-8")
+    assert ("Not compared datapoint by datapoint: Test ELBO, log p(x) and Amortization gap, since this metrics.json "
+            "has no per-datapoint values") in text
+    assert "not distinguishable from Standard encoder" in text and re.search(r"(?<!un)paired SE", text) is None
+    assert ("Differences on test ELBO and log-likelihood are judged against combined unpaired SEs sqrt(se1² + se2²), "
+            "since this metrics.json has no per-datapoint values") in text
+
+    # Values of one method missing, or on other datapoints: that metric falls back, the others stay paired.
+    metrics = with_values(make_metrics())
+    del metrics["methods"]["per_datapoint"]["log_likelihood_values"]
+    metrics["methods"]["standard"]["amortization_gap_values"] = metrics["methods"]["standard"][
+        "amortization_gap_values"][:-1]
+    text = write_report(metrics, tmp_path, {}).read_text(encoding="utf-8")
+    assert ("Not compared datapoint by datapoint: log p(x) and Amortization gap, since per-datapoint values (*_values) "
+            "are missing for Per-datapoint;") in text
+    _row(text, "Test ELBO", "Standard encoder")
+    assert "Differences on test ELBO are judged against paired SEs" in text
+    assert ("Differences on log-likelihood are judged against combined unpaired SEs sqrt(se1² + se2²), since "
+            "per-datapoint values (*_values) are missing for Per-datapoint;") in text
+    del metrics["methods"]["per_datapoint"]  # now the gap's values differ in length only
+    text = write_report(metrics, tmp_path, {}).read_text(encoding="utf-8")
+    assert ("Not compared datapoint by datapoint: Amortization gap, since the methods' per-datapoint values (*_values) "
+            "are not on the same number") in text
+
+
+def with_reconstructions(metrics, methods):
+    """Reconstructions of two test images by ``methods``, with their ELBOs, and the images themselves."""
+    metrics["reconstructed_datapoints"] = {"index": [3, 7], "data": metrics["figures"]["reconstructions"]["data"]}
+    for number, name in enumerate(methods):
+        metrics["methods"][name]["reconstructions"] = {
+            "index": [3, 7], "images": [[(number + 1) / 5] * 784, [1.0 - (number + 1) / 5] * 784],
+            "elbo": [-90.0 - number, -100.0 - number]}
+    return metrics
+
+
+def test_reconstructions_by_method_are_drawn_and_referenced(tmp_path):
+    pytest.importorskip("matplotlib")
+    import matplotlib.image
+
+    from pyro_iterative.experiments.plots import plot_all, plot_method_reconstructions
+
+    metrics = with_reconstructions(make_metrics(), ["standard", "iterative", "semi_amortized"])
+    del metrics["figures"]["optimizer_comparison"], metrics["figures"]["posterior_2d"]  # fewer figures to draw
+    for method in metrics["methods"].values():
+        method["history"] = []
+    figures = plot_all(metrics, tmp_path)
+    assert list(figures) == ["reconstructions", "method_reconstructions"]
+    path = figures["method_reconstructions"]
+    assert path == tmp_path / "method_reconstructions.png" and path.read_bytes()[:8] == PNG_MAGIC
+    # One column per method: fewer methods, a narrower figure.
+    narrow = plot_method_reconstructions(metrics["reconstructed_datapoints"],
+                                         {"iterative": metrics["methods"]["iterative"]}, tmp_path / "narrow.png")
+    assert matplotlib.image.imread(narrow).shape[1] < matplotlib.image.imread(path).shape[1]
+
+    text = write_report(metrics, tmp_path, figures).read_text(encoding="utf-8")
+    assert "### Figure 2: Reconstructions by method" in text and "](method_reconstructions.png)" in text
+    assert ("The same test digits 3, 7 (first column, \"data\") and the decoder mean at each method's final q, one "
+            "column per method (Standard encoder, Iterative (K=3), Semi-amortized)") in text
+    assert "Reconstructions by method" not in text[text.index("Not drawn"):]
+
+    with pytest.raises(ValueError, match=r"no method has reconstructions of the test datapoints \[0, 1\]"):
+        plot_method_reconstructions({"index": [0, 1], "data": [[0.0] * 784] * 2}, metrics["methods"], tmp_path / "x")
+    for method in metrics["methods"].values():
+        method.pop("reconstructions", None)
+    assert "method_reconstructions" not in plot_all(metrics, tmp_path / "none")

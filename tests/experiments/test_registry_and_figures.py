@@ -1,6 +1,7 @@
 """The registries build every method at matched size; the command line is generated from them; the figure data
 comes from the bundled models themselves."""
 
+import dataclasses
 from dataclasses import dataclass
 
 import pyro
@@ -38,10 +39,40 @@ def test_every_method_builds_a_trainable_guide_at_matched_size():
             assert isinstance(spec.test_time(model, guide, config), TrainableGuide)
             counts[spec.name] = guide.count_inference_parameters()
             assert spec.label(config)
-    networks = [counts[name] for name in ("standard", "iterative", "semi_amortized")]
+    networks = [counts[name] for name in ("standard", "iterative", "encoder_iterative", "semi_amortized")]
     assert max(networks) / min(networks) < 1.05
     assert counts["per_datapoint"] == 2 * 20 * 3
+    assert counts["variational_em"] == counts["variational_em_reference"] == 0
     assert sum(spec.figures for spec in METHODS) == 1
+
+
+@pytest.mark.parametrize("knob", [{"highway": True}, {"depth": 3}, {"depth": 3, "highway": True}])
+def test_every_tuning_knob_keeps_the_networks_matched(knob):
+    config = RunConfig(latent_dim=3, hidden=24, iterations=2, batch_size=8, device="cpu")
+    x = torch.rand(20, 12, generator=torch.Generator().manual_seed(0))
+    reference = build_model_and_guide(config, "iterative", x)[1].count_inference_parameters()
+    tuned = dataclasses.replace(config, **knob)
+    for name in ("standard", "iterative", "encoder_iterative", "semi_amortized"):
+        with pyro.get_param_store().scope():
+            guide = build_model_and_guide(tuned, name, x)[1]
+        assert abs(guide.count_inference_parameters() / reference - 1) < 0.05, (name, knob)
+        if "depth" in knob:
+            assert len(guide.hidden_sizes) == 3, name
+        if name in ("iterative", "encoder_iterative"):
+            assert guide.highway == knob.get("highway", False)
+
+
+def test_inner_step_sizes_reach_the_guides():
+    config = RunConfig(latent_dim=3, hidden=24, iterations=2, batch_size=8, device="cpu", inner_lr=0.7,
+                       reference_steps=7)
+    x = torch.rand(20, 12, generator=torch.Generator().manual_seed(0))
+    assert build_model_and_guide(config, "semi_amortized", x)[1].lr == 0.7
+    assert build_model_and_guide(config, "variational_em", x)[1].lr == 0.7
+    reference = build_model_and_guide(config, "variational_em_reference", x)[1]
+    assert (reference.lr, reference.num_steps) == (0.7, 7)
+    with pytest.raises(ValueError, match="built for models of independent datapoints"):
+        build_model_and_guide(RunConfig(model="dmm", latent_dim=2, hidden=8), "encoder_iterative",
+                              torch.rand(4, 3, 5))
 
 
 def test_every_model_has_a_known_binarization_and_builds():

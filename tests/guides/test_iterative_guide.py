@@ -19,12 +19,6 @@ def small_guide(model, **kwargs):
     return IterativeGuide(model, **kwargs)
 
 
-@pytest.fixture
-def linear_gaussian():
-    model = LinearGaussian.orthogonal(data_dim=10, latent_dim=2, noise_scale=0.5, seed=0, dtype=torch.float64)
-    return model, model.sample(600, seed=1), model.sample(300, seed=2)
-
-
 def train(model, guide, x, steps, lr=3e-3, loss=None, **model_kwargs):
     svi = SVI(model, guide, pyro.optim.Adam({"lr": lr}), loss or Trace_ELBO())
     return [svi.step(x, **model_kwargs) for _ in range(steps)]

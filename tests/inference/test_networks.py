@@ -1,10 +1,11 @@
-"""GatedUpdate: the constant input's projection computed once is the same function as one wider first layer."""
+"""GatedUpdate: the constant input's projection computed once is the same function as one wider first layer;
+Highway layers and GatedUpdate's highway body (shapes, initial gate, parameters, errors); default names unchanged."""
 
 import pytest
 import torch
 from torch import nn
 
-from pyro_iterative.inference.networks import GatedUpdate
+from pyro_iterative.inference.networks import GatedUpdate, Highway
 
 
 def wide_reference(net: GatedUpdate, inputs: torch.Tensor, constant: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
@@ -61,3 +62,62 @@ def test_missing_projection_and_nothing_to_project_are_refused():
         without.project(torch.randn(2, 5))
     with pytest.raises(ValueError, match="hidden_sizes"):
         GatedUpdate(in_features=3, out_features=2, hidden_sizes=())
+
+
+# ---------------------------------------------------------------------------------------------- highway layers
+
+
+def test_highway_layer_is_the_formula_with_its_gate_starting_at_minus_one():
+    torch.manual_seed(2)
+    layer = Highway(8).double()
+    assert [name for name, _ in layer.named_parameters()] == ["transform.weight", "transform.bias", "gate.weight",
+                                                               "gate.bias"]
+    assert sum(p.numel() for p in layer.parameters()) == 2 * (8 * 8 + 8)
+    assert torch.equal(layer.gate.bias, torch.full((8,), -1.0, dtype=torch.float64))
+    x = torch.randn(5, 8, dtype=torch.float64)
+    y = layer(x)
+    assert y.shape == (5, 8)
+    t = torch.sigmoid(x @ layer.gate.weight.T + layer.gate.bias)
+    want = t * nn.functional.elu(x @ layer.transform.weight.T + layer.transform.bias) + (1 - t) * x
+    torch.testing.assert_close(y, want, rtol=1e-12, atol=1e-12)
+    # a new layer mostly carries its input: with zero gate weights, t = sigmoid(-1) ~ 0.27 exactly
+    with torch.no_grad():
+        layer.gate.weight.zero_()
+    carried = 1 - torch.sigmoid(torch.tensor(-1.0, dtype=torch.float64))
+    torch.testing.assert_close(layer(x) - (1 - carried) * nn.functional.elu(layer.transform(x)), carried * x)
+    with pytest.raises(ValueError, match="width must be positive"):
+        Highway(0)
+
+
+def test_highway_update_replaces_each_hidden_to_hidden_layer():
+    torch.manual_seed(3)
+    plain = GatedUpdate(in_features=6, out_features=4, hidden_sizes=(16, 16, 16), constant_features=5)
+    highway = GatedUpdate(in_features=6, out_features=4, hidden_sizes=(16, 16, 16), constant_features=5,
+                          highway=True).double()
+    assert [type(layer) for layer in highway.body] == [nn.ELU, Highway, Highway]
+    count = sum(p.numel() for p in highway.parameters()) - sum(p.numel() for p in plain.parameters())
+    assert count == 2 * (16 * 16 + 16)  # each highway layer adds its transform gate
+    inputs, constant, lam = (torch.randn(3, n, dtype=torch.float64) for n in (6, 5, 4))
+    got = highway(inputs, lam, highway.project(constant))
+    hidden = nn.functional.elu(highway.input(inputs) + highway.constant(constant))
+    hidden = highway.body[2](highway.body[1](hidden))
+    gate = torch.sigmoid(highway.gate(hidden))
+    torch.testing.assert_close(got, gate * lam + (1 - gate) * highway.delta(hidden), rtol=1e-12, atol=1e-12)
+    got.sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in highway.body.parameters())
+
+
+@pytest.mark.parametrize("hidden_sizes", [(16,), (16, 8), (16, 16, 8)])
+def test_highway_update_needs_two_or_more_equal_widths(hidden_sizes):
+    with pytest.raises(ValueError, match=r"highway=True .* two or more equal widths, e\.g\. hidden_sizes=\(512, 512\)"):
+        GatedUpdate(in_features=3, out_features=2, hidden_sizes=hidden_sizes, highway=True)
+    GatedUpdate(in_features=3, out_features=2, hidden_sizes=hidden_sizes)  # without highway, any widths
+
+
+def test_default_update_keeps_its_parameter_names():
+    """Checkpoints of networks built before the highway option must still load."""
+    net = GatedUpdate(in_features=3, out_features=2, hidden_sizes=(8, 8, 8), constant_features=5)
+    assert list(net.state_dict()) == [
+        "input.weight", "input.bias", "constant.weight", "body.1.weight", "body.1.bias", "body.3.weight", "body.3.bias",
+        "gate.weight", "gate.bias", "delta.weight", "delta.bias",
+    ]
