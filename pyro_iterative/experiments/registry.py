@@ -289,7 +289,7 @@ class ModelSpec:
     observe: Callable[..., torch.Tensor] = observe_rows
     label_site: str | None = None
     sequential: bool = False
-    methods: tuple[str, ...] = ("standard", "iterative", "encoder_iterative", "semi_amortized", "variational_em")
+    methods: tuple[str, ...] = ("standard", "iterative", "semi_amortized", "variational_em")
     latent_dim: int = 64
     hidden: int = 512
 

@@ -189,7 +189,8 @@ def _open_study(out_dir: Path, base: RunConfig, resume: bool) -> None:
     if path.exists():
         if not resume:
             raise RunDirError(f"{out_dir} already holds a study; add --resume to continue it, or another --out")
-        saved = json.loads(path.read_text())
+        defaults = {f.name: f.default for f in dataclasses.fields(RunConfig) if f.default is not dataclasses.MISSING}
+        saved = {**defaults, **json.loads(path.read_text())}  # settings added since the study began: their defaults
         differing = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
         if differing:
             raise RunDirError(f"{out_dir} holds a study of other settings ({', '.join(differing)}); resume with the "

@@ -22,15 +22,14 @@ def test_compare_quick_writes_metrics_figures_and_report(tmp_path):
     out = tmp_path / "run"
     assert main(["compare", *TINY, "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["methods"]) == {"standard", "iterative", "encoder_iterative", "semi_amortized", "variational_em"}
+    assert set(metrics["methods"]) == {"standard", "iterative", "semi_amortized", "variational_em"}
     for entry in metrics["methods"].values():
         for key in ("test_elbo", "elbo_per_iteration", "log_likelihood", "amortization_gap", "inference_params",
                     "decoder_passes_per_datapoint", "train_seconds", "infer_seconds_per_datapoint"):
             assert key in entry
         assert len(entry["history"]) == 1
     assert len(metrics["methods"]["iterative"]["elbo_per_iteration"]) == 3
-    params = [metrics["methods"][m]["inference_params"]
-              for m in ("standard", "iterative", "encoder_iterative", "semi_amortized")]
+    params = [metrics["methods"][m]["inference_params"] for m in ("standard", "iterative", "semi_amortized")]
     assert max(params) / min(params) < 1.05  # matched inference networks
     assert metrics["config"]["versions"]["pyro"]
     for name in ("optimizer_comparison", "reconstructions", "posterior_2d", "training_curves"):
