@@ -204,6 +204,12 @@ def _build_variational_em_reference(model: Callable, x: torch.Tensor, config: "R
                            num_steps=config.reference_steps).setup(x, **_probe(x, config))
 
 
+def _build_variational_em_warm(model: Callable, x: torch.Tensor, config: "RunConfig") -> OptimizingGuide:
+    """Variational EM whose q of each training datapoint resumes where its last minibatch left it."""
+    return OptimizingGuide(model, optimizer="adam", lr=config.inner_lr, num_steps=config.iterations,
+                           warm_start=True).setup(x, **_probe(x, config))
+
+
 def _build_per_datapoint(model: Callable, x: torch.Tensor, config: "RunConfig") -> PerDatapointGuide:
     return PerDatapointGuide(model).setup(x, **_probe(x, config))
 
@@ -236,6 +242,13 @@ METHODS.register(MethodSpec(
 METHODS.register(MethodSpec(
     "variational_em_reference", lambda config: f"Variational EM (Adam, {config.reference_steps} steps)",
     _build_variational_em_reference, options=("reference_steps", "inner_lr"),
+))
+METHODS.register(MethodSpec(
+    "variational_em_warm", lambda config: f"Variational EM from stored q (Adam, {config.iterations} steps; "
+    f"{config.local_steps} at test)", _build_variational_em_warm, options=("iterations", "inner_lr", "local_steps"),
+    test_time=_optimizing_at_test_time,
+    distributed_note="variational_em_warm stores q for every training datapoint in each process, and each process "
+    "updates only its own minibatches' rows: the copies drift apart, so train it in one process",
 ))
 METHODS.register(MethodSpec(
     "per_datapoint", lambda config: f"Per-datapoint q, updated once per epoch (Adam, {config.local_steps} steps at "

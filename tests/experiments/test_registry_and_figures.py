@@ -98,7 +98,7 @@ def test_command_line_options_come_from_run_config_and_the_registries(capsys):
     for spec in METHODS:
         assert spec.label(RunConfig()) in text
     assert "--is-samples" in text and "(default: 5000; --quick 1000)" in text
-    assert "--local-steps" in text and "[used by: per_datapoint]" in text
+    assert "--local-steps" in text and "[used by: variational_em_warm, per_datapoint]" in text
 
 
 @pytest.mark.parametrize("name", ["vae", "hierarchical"])

@@ -13,6 +13,7 @@ from pyro.infer import SVI, Predictive, Trace_ELBO, TraceMeanField_ELBO
 from pyro_iterative import (
     AmortizedGuide,
     IterativeGuide,
+    OptimizingGuide,
     PerDatapointGuide,
     SemiAmortizedGuide,
     inference_parameters,
@@ -341,3 +342,27 @@ def test_per_datapoint_guide_trains_with_stock_elbos(linear_gaussian, loss):
     losses = train(model, guide, x_train, steps=60, lr=0.05, loss=loss(), subsample_size=100)
     assert torch.isfinite(torch.tensor(losses)).all()
     assert guide.elbo_trajectory(x_train).mean() > before + 2
+
+
+def test_warm_started_variational_em_resumes_each_datapoints_q(linear_gaussian):
+    model, x_train, x_test = linear_gaussian
+    guide = OptimizingGuide(model, num_steps=3, lr=0.05, warm_start=True).setup(x_train, subsample_size=64)
+    assert guide.count_inference_parameters() == 600 * 2 * 2  # a location and a log-scale per coordinate
+    start = guide.stored_lambda.clone()
+    first = torch.arange(10, 30)
+    lam = guide.refine(x_train, subsample=first).lam["z"]
+    assert torch.equal(guide.stored_lambda[first], lam.detach())  # stored where the optimization ended
+    untouched = torch.ones(600, dtype=torch.bool)
+    untouched[first] = False
+    assert torch.equal(guide.stored_lambda[untouched], start[untouched])  # no other datapoint moved
+    again = guide.refine(x_train, subsample=first, record=True)
+    assert torch.equal(again.lams[0]["z"], lam.detach())  # the next call starts where the last one ended
+    cold = OptimizingGuide(model, num_steps=3, lr=0.05).refine(x_train, subsample=first, record=True)
+    assert torch.equal(cold.lams[0]["z"], start[first])  # without warm_start: lambda_0 every time
+    fresh = OptimizingGuide(model, num_steps=3, lr=0.05, warm_start=True).setup(x_train, subsample_size=64)
+    fresh.load_state_dict(guide.state_dict())
+    assert torch.equal(fresh.stored_lambda, guide.stored_lambda)
+    with pytest.raises(ValueError, match="stores q for the 600 datapoints.*warm_start=False"):
+        guide.refine(x_test)
+    losses = train(model, guide, x_train, steps=20, lr=1e-2, subsample_size=64)
+    assert all(torch.isfinite(torch.tensor(losses)))
