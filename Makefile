@@ -1,10 +1,11 @@
 # pyro-iterative developer entry points.
 #
-#   make install   create/reuse .venv, install CPU torch first, then the project in editable mode with [dev]
+#   make install   create/reuse .venv, install CPU torch first, then the project in editable mode with [dev,docs]
 #   make test      run the test suite (extra pytest arguments: make test PYTEST_ARGS="-k guide -x")
 #   make demo      run the comparison (pyro-iterative compare) and print where its report is
 #   make zoo       train every guide with its defaults on every model of the zoo (benchmarks/zoo.py; ZOO_ARGS="--quick")
 #   make lint      ruff check .
+#   make docs      build the documentation site into docs/_build/html (warnings are errors; runs the tutorials)
 #   make clean     remove .venv and build/test caches
 #
 # Works non-interactively (CI=true, no stdin). Override the interpreter with PYTHON=/path/to/python3.
@@ -18,6 +19,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
+DOCS_ARGS ?=
 BENCH_ARGS ?=
 ZOO_ARGS ?=
 PIP_FLAGS ?= -q
@@ -33,7 +35,7 @@ export PIP_NO_INPUT := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_ROOT_USER_ACTION := ignore
 
-.PHONY: install test demo lint clean venv bench zoo
+.PHONY: install test demo lint docs clean venv bench zoo
 
 install: $(STAMP)
 
@@ -45,7 +47,7 @@ $(STAMP): | $(VPY)
 	rm -f $(VENV)/.installed-*
 	$(VPY) -m pip install $(PIP_FLAGS) --upgrade pip
 	$(VPY) -m pip install $(PIP_FLAGS) "$(TORCH_SPEC)"
-	$(VPY) -m pip install $(PIP_FLAGS) -e ".[dev]"
+	$(VPY) -m pip install $(PIP_FLAGS) -e ".[dev,docs]"
 	touch $@
 
 venv: $(VPY)
@@ -65,6 +67,11 @@ zoo: install
 lint: install
 	$(VENV)/bin/ruff check .
 
+# -W: warnings are errors; -n: every cross-reference must resolve; --keep-going: report them all. The tutorials run
+# during the build (sphinx-gallery), with one torch thread. Extra sphinx-build arguments go through DOCS_ARGS.
+docs: install
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(VPY) -m sphinx -W -n --keep-going -b html $(DOCS_ARGS) docs docs/_build/html
+
 clean:
-	rm -rf $(VENV) build dist .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) build dist .pytest_cache .ruff_cache *.egg-info docs/_build docs/auto_tutorials docs/sg_execution_times.rst
 	find . -path ./.git -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +

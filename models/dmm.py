@@ -59,7 +59,7 @@ class DMM(PyroModule):
         z_t | z_{t-1} ~ N(loc(z_{t-1}), scale(z_{t-1}))         gated transition network, diagonal scale
         x_t | z_t ~ Bernoulli(sigmoid(emitter(z_t)))            one independent Bernoulli per key
 
-    The transition is the paper's gated network (see :class:`_GatedTransition`: a sigmoid gate mixes a linear map of
+    The transition is the paper's gated network (see ``_GatedTransition``: a sigmoid gate mixes a linear map of
     ``z_{t-1}``, initialized at the identity, with a nonlinear proposed mean; both MLPs have one hidden ReLU layer of
     width ``transition_dim``); the emitter is an MLP with two hidden ReLU layers of width ``emission_dim`` giving
     logits. The default sizes are those of the paper's polyphonic-music experiments (and of Pyro's DMM example).

@@ -29,7 +29,7 @@ class MixturePriorVAE(PyroModule):
     The cluster site ``c`` is marked ``infer={"enumerate": "parallel"}``: under ``TraceEnum_ELBO`` (and inside the
     guides' own ELBO) it is summed out exactly, so no guide samples it. The mixture weights, cluster means (drawn
     once, spread over a sphere of radius 2) and cluster scales are learned parameters; the decoder is an MLP as in
-    :class:`~models.vae.VAE` and, like it, accepts grey-level targets in ``[0, 1]``.
+    :class:`~pyro_iterative.models.vae.VAE` and, like it, accepts grey-level targets in ``[0, 1]``.
 
     Usage::
 

@@ -105,7 +105,8 @@ def load_array(
     Values are converted by dtype:
 
     * ``uint8``: taken as 8-bit grey levels and divided by 255, giving values in ``[0, 1]`` ready for
-      :func:`binarize` (convert counts stored as ``uint8`` to a wider integer type first to keep them as they are);
+      :func:`~pyro_iterative.data.binarization.binarize` (convert counts stored as ``uint8`` to a wider integer type
+      first to keep them as they are);
     * other integers (signed, or unsigned wider than 8 bits): taken as counts and converted to float unchanged
       (exact up to ``2**24`` in ``float32``);
     * ``bool``: 0 and 1;

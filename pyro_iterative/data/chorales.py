@@ -70,9 +70,9 @@ class ChoraleSplit:
     :ivar torch.Tensor valid_lengths: lengths of the validation chorales, ``int64``.
     :ivar torch.Tensor test: test rolls, shape ``(n_test, T_test, 88)``.
     :ivar torch.Tensor test_lengths: lengths of the test chorales, ``int64``.
-    :ivar torch.Tensor train_index: position in :attr:`names` of each training chorale, ``int64``.
-    :ivar torch.Tensor valid_index: position in :attr:`names` of each validation chorale, ``int64``.
-    :ivar torch.Tensor test_index: position in :attr:`names` of each test chorale, ``int64``.
+    :ivar torch.Tensor train_index: position in ``names`` of each training chorale, ``int64``.
+    :ivar torch.Tensor valid_index: position in ``names`` of each validation chorale, ``int64``.
+    :ivar torch.Tensor test_index: position in ``names`` of each test chorale, ``int64``.
     :ivar tuple names: the file name of every chorale (``"bwv1.6.mxl"``, ...), in parsing order.
     :ivar tuple skipped: the file name of every work that was parsed but left out, each followed by why (not a
         four-voice chorale, or the parse error); ``len(skipped)`` is their count.
@@ -543,7 +543,7 @@ def load_chorales(
     work also there as MusicXML is not read), sorted by file name. A work is used when it is a four-voice chorale: it
     has parts named Soprano, Alto, Tenor and Bass (other parts, such as doubling horns, strings or continuo, are left
     out) or exactly four unnamed parts. Other works (e.g. a keyboard prelude) and files that fail to parse are
-    skipped and listed in :attr:`ChoraleSplit.skipped`; parse failures also raise a :class:`UserWarning`.
+    skipped and listed in ``ChoraleSplit.skipped``; parse failures also raise a :class:`UserWarning`.
 
     All four voices go into one roll: key ``k`` (MIDI pitch ``21 + k``) is on at step ``t`` when it sounds at time
     ``t * time_quantum`` quarter notes (the sampling of JSB Chorales). With the default quarter-note steps, passing

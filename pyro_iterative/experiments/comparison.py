@@ -237,8 +237,8 @@ def measure_run(
 ) -> dict:
     """metrics.json of a run: its config (with the command, versions and machine), every method's entry, the test
     datapoints the methods' reconstructions show (``reconstructed_datapoints``, for image models) and, when the
-    method whose guide the figures show (:attr:`~pyro_iterative.experiments.registry.MethodSpec.figures`: the
-    iterative one) was trained, the figure data.
+    method whose guide the figures show (``figures`` of its
+    :class:`~pyro_iterative.experiments.registry.MethodSpec`: the iterative one) was trained, the figure data.
 
     Usage::
 

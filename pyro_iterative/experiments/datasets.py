@@ -130,7 +130,8 @@ def _train_and_test(config: RunConfig) -> tuple[torch.Tensor, torch.Tensor]:
 def validation_rows(config: RunConfig, num_train: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Row indices ``(train, valid)`` into the data set's training set of ``num_train`` rows: ``config.validation``
     rows held out for validation, seeded by ``config.seed`` and stratified by class where the data set gives training
-    labels (:attr:`DatasetSpec.train_labels`); every row when ``config.validation`` is ``None`` (``valid`` empty).
+    labels (``train_labels`` of its :class:`DatasetSpec`); every row when ``config.validation`` is ``None``
+    (``valid`` empty).
 
     Usage::
 

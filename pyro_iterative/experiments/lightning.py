@@ -154,12 +154,12 @@ class ELBOLightningModule(pl.LightningModule):
     (:func:`~pyro_iterative.experiments.engine.setup_guide`) if they do not exist yet, before the optimizer is built:
     build model and guide with the same seed on every process (DDP also broadcasts rank 0's initial parameters).
 
-    An epoch is the engine's :class:`~pyro_iterative.experiments.engine.EpochPlan` (:attr:`plan`), as in the
+    An epoch is the engine's :class:`~pyro_iterative.experiments.engine.EpochPlan` (``plan``), as in the
     single-process loop. At each epoch start the module reseeds torch's generator from ``(seed, epoch, rank)`` (so a
     resumed run draws the same latent noise as an uninterrupted one, and processes draw different noise) and draws
     the epoch's data (``binarize_mode``: ``"dynamic"``, a fresh Bernoulli draw seeded by ``(seed, epoch)``, the same
     on every process; ``"static"``, one fixed draw; ``"none"``, the values as they are). It logs ``train_loss``, the
-    loss per datapoint, with ``sync_dist=True``; :meth:`end_epoch` appends one record per epoch to :attr:`history`.
+    loss per datapoint, with ``sync_dist=True``; :meth:`end_epoch` appends one record per epoch to ``history``.
 
     Usage::
 
@@ -332,7 +332,7 @@ class ELBOLightningModule(pl.LightningModule):
 
         Sums the guides' non-finite gradient counts over processes; on rank 0, the plan's
         :meth:`~pyro_iterative.experiments.engine.EpochPlan.record` averages the epoch's losses (already averaged
-        over processes) and evaluates; the record is broadcast from rank 0 and appended to :attr:`history`, as
+        over processes) and evaluates; the record is broadcast from rank 0 and appended to ``history``, as
         :func:`~pyro_iterative.experiments.engine.train` does.
         """
         epoch = self.epoch_offset + self.current_epoch + 1

@@ -115,7 +115,8 @@ class PerDatapointGuide(AutoNormal):
         return self.plates
 
     def inference_cost(self, num_iterations: int | None = None) -> ModelPasses:
-        """No model passes for its training datapoints (q is stored); new data needs :func:`optimize_local`."""
+        """No model passes for its training datapoints (q is stored); new data needs
+        :func:`~pyro_iterative.optimization.optimize_local`."""
         return ModelPasses(forward=0, backward=0)
 
     def elbo_trajectory(

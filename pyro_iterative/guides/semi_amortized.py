@@ -38,9 +38,9 @@ class SemiAmortizedGuide(AmortizedGuide):
       step size halves. Steps that overshoot on a model of high curvature are undone and the step size shrinks to
       the model's scale, and near an optimum, where a step's effect is smaller than the noise, most steps are undone:
       no step size is tuned per model (at the exact optimum of a linear-Gaussian model, 5 steps lose 0.008 nats per
-      datapoint on average, against 0.21 for a one-draw test, and 1e-4 with ``margin=3``, which the README's model
-      zoo found too strict elsewhere). The test costs ``2 * test_particles`` forward passes of the model per step
-      (vectorized over the particles).
+      datapoint on average, against 0.21 for a one-draw test, and 1e-4 with ``margin=3``, which the model zoo
+      (``docs/defaults.md``) found too strict elsewhere). The test costs ``2 * test_particles`` forward passes of the
+      model per step (vectorized over the particles).
     - ``adaptive=False``: plain SGD with momentum, ``v <- momentum * v + g``, ``lambda <- lambda + lr * v``; Kim et
       al.'s SA-VAE used ``lr=1.0, momentum=0.5, max_grad_norm=5.0``, which diverges on models of higher curvature.
 

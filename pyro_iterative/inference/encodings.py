@@ -89,7 +89,7 @@ def encode_gradient(name: str, grad: torch.Tensor) -> torch.Tensor:
 
         encode_gradient("log_sign", torch.tensor([[0.5, -2.0]]))  # -> shape (1, 4)
 
-    :param name: ``"log_sign"`` (log(|g| + 1e-5) and sign(g)) or ``"layer_norm"`` (per-datapoint
+    :param name: ``"log_sign"`` (``log(|g| + 1e-5)`` and ``sign(g)``) or ``"layer_norm"`` (per-datapoint
         standardisation).
     """
     return _lookup(name)[0](grad)

@@ -124,8 +124,8 @@ class ReplayScorer(Messenger):
     ``compute_log_prob``: at a sample site named in ``values`` the value is set (as replay does); the
     data plate's subsample site is pinned to the batch's indices; after every sample site inside the
     data plate, ``log p`` (scaled and masked as the trace would, subsampling scale divided out) is summed
-    into :attr:`log_density`, one entry per ``([particle,] datapoint)``. Only the sites named in ``keep``
-    are remembered, in :attr:`trace`. Observed sites in ``check`` are refused, as by
+    into ``log_density``, one entry per ``([particle,] datapoint)``. Only the sites named in ``keep``
+    are remembered, in ``trace``. Observed sites in ``check`` are refused, as by
     :func:`check_observations`, before they are scored.
 
     Usage::
