@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -200,15 +201,36 @@ def _open_study(out_dir: Path, base: RunConfig, resume: bool) -> None:
     write_json(path, settings)
 
 
-def _train_cell(cell: StudyCell, out_dir: Path, data: tuple[torch.Tensor, torch.Tensor], bar, quiet: bool,
-                log: Callable[[str], None]) -> None:
+class _Progress:
+    """The study's progress bar (tqdm, on a terminal) and, for logs, the same count with an estimate of the time left
+    at this call's pace."""
+
+    def __init__(self, total: int, show: bool) -> None:
+        self.bar = progress(total, "study", show)
+        self.total, self.done, self.counted, self.start = total, 0, 0, time.perf_counter()
+
+    def update(self, units: int = 1, counted: bool = True) -> None:
+        self.bar.update(units)
+        self.done += units
+        self.counted += units if counted else 0
+
+    def line(self) -> str:
+        text = f"study: {self.done}/{self.total} epoch budget done"
+        if self.counted:
+            left = (self.total - self.done) * (time.perf_counter() - self.start) / self.counted
+            text += f", at most about {left / 60:.0f} min left at this pace (early stopping ends most runs sooner)"
+        return text
+
+
+def _train_cell(cell: StudyCell, out_dir: Path, data: tuple[torch.Tensor, torch.Tensor], bar: _Progress,
+                quiet: bool, log: Callable[[str], None]) -> None:
     run_dir = cell.run_dir(out_dir)
     open_run_dir(run_dir, cell.config, resume=run_dir_config(run_dir).exists())
     if not quiet:
-        log(f"== {cell.method} [{cell.name}]")
+        log(f"== {cell.method} [{cell.name}]  ({bar.line()})")
     _, _, history = train_method(cell.config, cell.method, *data, run_dir, resume=True, quiet=quiet, log=log,
                                  on_epoch=lambda record: bar.update())
-    bar.update(cell.config.epochs - len(history))  # the epochs early stopping saved
+    bar.update(cell.config.epochs - len(history), counted=False)  # the epochs early stopping saved
     if not quiet:
         best = best_epoch(history)
         log(f"   {len(history)} epochs, best validation ELBO {_best_validation(history):.3f} at epoch {best}")
@@ -279,8 +301,10 @@ def run_study(
     cells = [cell for method in share if method in STUDY_GRID for cell in grid_cells(base, method)]
     references = [m for m in share if m in STUDY_REFERENCES]
     total = (len(cells) + len(references)) * base.epochs + len(share)
-    with progress(total, "study", not quiet and sys.stderr.isatty()) as bar:
-        bar.update(sum(base.epochs if cell.done(out_dir) else len(cell.history(out_dir)) for cell in cells))
+    bar = _Progress(total, not quiet and sys.stderr.isatty())
+    with bar.bar:
+        bar.update(sum(base.epochs if cell.done(out_dir) else len(cell.history(out_dir)) for cell in cells),
+                   counted=False)  # done before this call
         for cell in cells:
             if not cell.done(out_dir):
                 _train_cell(cell, out_dir, (x_train, x_valid), bar, quiet, log)
@@ -289,7 +313,7 @@ def run_study(
             if row not in chosen:
                 log(f"{row} waits for the grid of {STUDY_REFERENCES[row]} (another share): run again once it is done")
             elif chosen[row].done(out_dir):
-                bar.update(base.epochs)
+                bar.update(base.epochs, counted=False)
             else:
                 _train_cell(chosen[row], out_dir, (x_train, x_valid), bar, quiet, log)
         figures_method = next((spec.name for spec in METHODS if spec.figures and spec.name in chosen), None)
