@@ -39,7 +39,7 @@ root_doc = "index"
 # The pages of the site: the guide's pages at the top of docs/, the API reference, the tutorials sphinx-gallery writes
 # to auto_tutorials/, and the run reports listed here. Other files under docs/ (the outputs of runs: a report.md beside
 # its figures and metrics.json) are not pages unless added here; records.md includes or links them.
-include_patterns = ["*.md", "api/*.rst", "auto_tutorials/**", "dmm/report.md", "default/report.md"]
+include_patterns = ["*.md", "api/*.rst", "auto_tutorials/**", "dmm/report.md", "default/report.md", "study/report.md"]
 exclude_patterns = ["_build", "tutorials"]  # tutorials/: the tutorials' sources, run by sphinx-gallery
 
 # --------------------------------------------------------------------------------------------------------- MyST
