@@ -10,6 +10,8 @@
   ``distributed`` extra; not imported here);
 - :mod:`~pyro_iterative.experiments.checkpoints`: atomic files and the one checkpoint schema;
 - :mod:`~pyro_iterative.experiments.comparison`: training, measuring and reporting every method of a run;
+- :mod:`~pyro_iterative.experiments.study`: the tuning study (equal grids, validation selection, early stopping, one
+  test measurement), ``compare --study``;
 - :mod:`~pyro_iterative.experiments.figures`, :mod:`~pyro_iterative.experiments.plots` and
   :mod:`~pyro_iterative.experiments.report`: figure data, drawings, and the written report.
 
