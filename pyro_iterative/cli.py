@@ -314,7 +314,7 @@ def _run(parser: argparse.ArgumentParser, train_parser: argparse.ArgumentParser,
         return 0
 
     from .experiments.comparison import load_trained, train_method
-    from .experiments.datasets import evaluation_data
+    from .experiments.datasets import evaluation_data, validation_data
 
     if args.command == "evaluate":
         run_dir = Path(args.out)
@@ -334,16 +334,24 @@ def _run(parser: argparse.ArgumentParser, train_parser: argparse.ArgumentParser,
     if args.command == "compare" and args.share:
         parser.error("--share divides the methods of a --study between processes; add --study")
     methods = (args.method,) if args.command == "train" else args.methods
-    config = _config(args, methods)
+    try:
+        config = _config(args, methods)
+    except ValueError as error:  # settings that contradict each other, e.g. --patience without --validation
+        parser.error(str(error))
     methods = config.methods  # the model's methods unless given (open_run_dir may add a run's earlier ones to config)
     lightning = _lightning_options(train_parser, args, argv, config.batch_size) if args.command == "train" else None
+    if lightning is not None and config.validation is not None:
+        train_parser.error("--validation and --patience are read by the single-process loop only; drop --strategy, "
+                           "--devices, --accelerator and --num-nodes, or drop --validation and --patience")
     if lightning is not None:
         return _train_lightning(args, config, lightning)
     run_dir = open_run_dir(args.out or _new_run_dir(), config, resume=args.resume)
     x_train, x_eval = evaluation_data(config)
+    # The epochs' ELBO (and early stopping) read the validation set when there is one, never the test set.
+    x_watch = validation_data(config) if config.validation is not None else x_eval
     log = _log(args.quiet)
     log(f"run directory: {run_dir}")
-    trained = {method: train_method(config, method, x_train, x_eval, run_dir, resume=args.resume, quiet=args.quiet,
+    trained = {method: train_method(config, method, x_train, x_watch, run_dir, resume=args.resume, quiet=args.quiet,
                                     log=log) for method in methods}
     if args.command == "compare":
         _measure(config, run_dir, x_train, x_eval, trained, command, args.quiet)

@@ -138,3 +138,34 @@ def test_share_without_study_is_refused(capsys):
     with pytest.raises(SystemExit):
         main(["compare", "--share", "standard"])
     assert "add --study" in capsys.readouterr().err
+
+
+def test_a_run_with_a_validation_set_watches_it_and_never_the_test_set(tmp_path, monkeypatch, capsys):
+    from pyro_iterative.experiments import comparison
+
+    watched = []
+    real = comparison.train_method
+
+    def recording(config, method, x_train, x_eval, run_dir, **kwargs):
+        watched.append(x_eval)
+        return real(config, method, x_train, x_eval, run_dir, **kwargs)
+
+    monkeypatch.setattr(comparison, "train_method", recording)
+    args = ["train", "--method", "standard", "--validation", "40", "--patience", "1", "--epochs", "2", "--train-size",
+            "64", "--latent-dim", "4", "--hidden", "32", "--eval-datapoints", "30", "--quiet", "--out",
+            str(tmp_path / "run")]
+    assert main(args) == 0
+    config = RunConfig(validation=40, patience=1, epochs=2, train_size=64, latent_dim=4, hidden=32, eval_datapoints=30)
+    assert len(watched) == 1 and torch.equal(watched[0], validation_data(config))
+    assert (tmp_path / "run" / "standard" / "best.pt").exists()
+    with pytest.raises(SystemExit):
+        main(["train", "--patience", "3", "--out", str(tmp_path / "other")])
+    assert "--validation N" in capsys.readouterr().err
+
+
+def test_lightning_training_refuses_a_validation_set(tmp_path, capsys):
+    pytest.importorskip("lightning")
+    with pytest.raises(SystemExit):
+        main(["train", "--accelerator", "cpu", "--validation", "40", "--out", str(tmp_path / "run")])
+    assert "read by the single-process loop only" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
