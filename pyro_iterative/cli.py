@@ -208,7 +208,10 @@ def _study(args: argparse.Namespace, command: str) -> int:
     chosen = {field.name: getattr(args, field.name) for field in dataclasses.fields(RunConfig)
               if "help" in field.metadata and getattr(args, field.name) is not None}
     quick = {f.name: f.metadata["quick"] for f in dataclasses.fields(RunConfig) if "quick" in f.metadata}
-    base = study_config(**{**(quick if args.quick else {}), **chosen}, methods=args.methods)
+    try:
+        base = study_config(**{**(quick if args.quick else {}), **chosen}, methods=args.methods)
+    except ValueError as error:  # a method outside the study, a reference row without its tuned method
+        raise SystemExit(f"error: {error}") from error
     if args.share and set(args.share) - set(base.methods):
         raise SystemExit(f"error: --share {','.join(args.share)} names methods outside the study "
                          f"({', '.join(base.methods)})")

@@ -105,6 +105,9 @@ def study_config(**settings: Any) -> RunConfig:
         if method not in STUDY_GRID and method not in STUDY_REFERENCES:
             raise ValueError(f"The study tunes {', '.join(STUDY_GRID)} and adds {', '.join(STUDY_REFERENCES)}; "
                              f"'{method}' is not one of them.")
+        if STUDY_REFERENCES.get(method, method) not in settings["methods"]:
+            raise ValueError(f"{method} is trained at the configuration selected for {STUDY_REFERENCES[method]}: "
+                             f"add {STUDY_REFERENCES[method]} to --methods.")
     return RunConfig(**settings)
 
 

@@ -134,6 +134,13 @@ def test_shares_split_a_study_between_processes(tmp_path, capsys):
         main([*args, "--share", "semi_amortized", "--resume"])
 
 
+def test_a_study_refuses_methods_it_cannot_run():
+    with pytest.raises(SystemExit, match="add variational_em to --methods"):
+        main(["compare", "--study", "--methods", "standard,variational_em_reference"])
+    with pytest.raises(SystemExit, match="'per_datapoint' is not one of them"):
+        main(["compare", "--study", "--methods", "per_datapoint"])
+
+
 def test_share_without_study_is_refused(capsys):
     with pytest.raises(SystemExit):
         main(["compare", "--share", "standard"])
