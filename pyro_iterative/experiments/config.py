@@ -27,6 +27,7 @@ __all__ = [
     "open_run_dir",
     "option",
     "run_dir_config",
+    "settings_differing",
 ]
 
 
@@ -187,8 +188,19 @@ class RunConfig:
 _ADDED_TRAINING_KEYS = ("validation", "patience", "depth", "highway", "inner_lr", "reference_steps")
 
 
-def _field_default(name: str) -> Any:
-    return next(f.default for f in dataclasses.fields(RunConfig) if f.name == name)
+def settings_differing(saved: dict[str, Any], current: dict[str, Any], ignore: tuple[str, ...] = ()) -> list[str]:
+    """The names of the settings in which a saved run (or study) and the current one differ, sorted, ``ignore`` aside.
+
+    A setting that the saved file lacks was added to :class:`RunConfig` after the file was written: it counts as its
+    default, so that runs started by an older version resume (unless the current value is another).
+
+    Usage::
+
+        settings_differing(json.loads(path.read_text()), config.to_dict(), ignore=("methods",))   # [] if the same
+    """
+    defaults = {f.name: f.default for f in dataclasses.fields(RunConfig) if f.default is not dataclasses.MISSING}
+    saved = defaults | saved
+    return sorted(k for k in set(saved) | set(current) if k not in ignore and saved.get(k) != current.get(k))
 
 
 def run_dir_config(run_dir: str | Path) -> Path:
@@ -215,9 +227,7 @@ def open_run_dir(run_dir: str | Path, config: RunConfig, *, resume: bool) -> Pat
         saved = json.loads(saved_path.read_text())
         if not resume and not set(config.methods).isdisjoint(saved["methods"]):
             raise RunDirError(f"{run_dir} already holds this run; add --resume to continue it, or another --out")
-        current = config.to_dict()
-        saved = {k: _field_default(k) for k in _ADDED_TRAINING_KEYS} | saved  # runs started before these existed
-        differing = sorted(k for k in set(saved) | set(current) if k != "methods" and saved.get(k) != current.get(k))
+        differing = settings_differing(saved, config.to_dict(), ignore=("methods",))
         if differing:
             raise RunDirError(
                 f"{run_dir} was started with other settings ({', '.join(differing)}); resume with the same "

@@ -38,7 +38,7 @@ from .comparison import (
     train_method,
     versions,
 )
-from .config import RunConfig, RunDirError, open_run_dir, run_dir_config
+from .config import RunConfig, RunDirError, open_run_dir, run_dir_config, settings_differing
 from .datasets import evaluation_data, validation_data
 from .engine import best_epoch, progress, stopped_early
 from .figures import figure_data
@@ -193,9 +193,7 @@ def _open_study(out_dir: Path, base: RunConfig, resume: bool) -> None:
     if path.exists():
         if not resume:
             raise RunDirError(f"{out_dir} already holds a study; add --resume to continue it, or another --out")
-        defaults = {f.name: f.default for f in dataclasses.fields(RunConfig) if f.default is not dataclasses.MISSING}
-        saved = {**defaults, **json.loads(path.read_text())}  # settings added since the study began: their defaults
-        differing = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
+        differing = settings_differing(json.loads(path.read_text()), settings)
         if differing:
             raise RunDirError(f"{out_dir} holds a study of other settings ({', '.join(differing)}); resume with the "
                               "same options, or choose another --out")

@@ -244,3 +244,25 @@ def test_compare_runs_the_dmm_on_a_users_sequences(tmp_path):
         assert entry["elbo_per_step"] < 0 and entry["log_likelihood_per_step"] < 0
     assert (out / "piano_rolls.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "Test ELBO / step" in (out / "report.md").read_text()
+
+
+def test_a_run_directory_resumes_only_with_its_own_settings(tmp_path):
+    from pyro_iterative.experiments.config import RunDirError, open_run_dir, run_dir_config, settings_differing
+
+    config = RunConfig(methods=("standard",), epochs=3)
+    open_run_dir(tmp_path, config, resume=False)
+    with pytest.raises(RunDirError, match="--resume"):
+        open_run_dir(tmp_path, RunConfig(methods=("standard",), epochs=3), resume=False)
+    with pytest.raises(RunDirError, match=r"other settings \(epochs\)"):
+        open_run_dir(tmp_path, RunConfig(methods=("standard",), epochs=4), resume=True)
+    # a config.json written before a setting existed resumes at that setting's default, and only there
+    saved = json.loads(run_dir_config(tmp_path).read_text())
+    del saved["patience"]
+    run_dir_config(tmp_path).write_text(json.dumps(saved))
+    assert settings_differing(saved, config.to_dict()) == []
+    assert settings_differing(saved, RunConfig(methods=("iterative",), epochs=3).to_dict()) == ["methods"]
+    assert settings_differing(saved, RunConfig(methods=("iterative",), epochs=3).to_dict(), ignore=("methods",)) == []
+    open_run_dir(tmp_path, RunConfig(methods=("iterative",), epochs=3), resume=True)
+    assert json.loads(run_dir_config(tmp_path).read_text())["methods"] == ["standard", "iterative"]
+    with pytest.raises(RunDirError, match="patience"):
+        open_run_dir(tmp_path, RunConfig(methods=("standard",), epochs=3, validation=10, patience=2), resume=True)
