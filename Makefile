@@ -1,7 +1,8 @@
 # pyro-iterative developer entry points.
 #
 #   make install   create/reuse .venv, install CPU torch first, then the project in editable mode with [dev,docs]
-#   make test      run the test suite (extra pytest arguments: make test PYTEST_ARGS="-k guide -x")
+#   make test      run the test suite on TEST_WORKERS processes (default 2; extra pytest arguments:
+#                  make test PYTEST_ARGS="-k guide -x"; one process: make test TEST_WORKERS=0)
 #   make demo      run the comparison (pyro-iterative compare) and print where its report is
 #   make zoo       train every guide with its defaults on every model of the zoo (benchmarks/zoo.py; ZOO_ARGS="--quick")
 #   make lint      ruff check .
@@ -18,6 +19,8 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
+# pytest-xdist workers: the tests run one torch thread each, so one worker per core (2 on this project's machines)
+TEST_WORKERS ?= 2
 DEMO_ARGS ?=
 DOCS_ARGS ?=
 BENCH_ARGS ?=
@@ -53,7 +56,7 @@ $(STAMP): | $(VPY)
 venv: $(VPY)
 
 test: install
-	$(VPY) -m pytest -q $(PYTEST_ARGS)
+	$(VPY) -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 demo: install
 	$(VENV)/bin/pyro-iterative compare $(DEMO_ARGS)
