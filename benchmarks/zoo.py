@@ -16,6 +16,10 @@ measured on held-out data:
 It prints one table (markdown) and writes ``benchmarks/results/zoo.json`` and ``zoo.md``; every finished cell is
 saved at once, so an interrupted run resumes where it stopped (``--fresh`` starts over). ``--quick`` is a small
 budget that checks the script runs. The tests import the zoo's models from here (``ZOO``).
+
+Beside the defaults, a run under its own ``--label`` measures variants the same way: another ``--seed``, a guide's
+keyword arguments (``--options 'iterative={"highway": true}'``) or the guides' own parameters at a fraction of the
+model's Adam step (``--guide-lr-factor 0.3``); a results file refuses cells of other settings.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import pyro
 import torch
 from _common import RESULTS, machine, machine_line, parser
 from pyro.infer import SVI, Trace_ELBO
+from pyro.params.param_store import normalize_param_name
 
 from pyro_iterative import AmortizedGuide, IterativeGuide, SemiAmortizedGuide, optimize_local
 from pyro_iterative.data import load_mnist5k, static_binarize, synthetic_corpus
@@ -51,10 +56,15 @@ from pyro_iterative.models import (
 
 #: The guides of the zoo, each built with its defaults.
 GUIDES: dict[str, Callable] = {
-    "iterative": lambda model: IterativeGuide(model),
-    "amortized": lambda model: AmortizedGuide(model),
-    "semi_amortized": lambda model: SemiAmortizedGuide(model),
+    "iterative": IterativeGuide,
+    "amortized": AmortizedGuide,
+    "semi_amortized": SemiAmortizedGuide,
 }
+
+
+#: A run's settings besides the models, guides, learning rates and steps: the seed, each guide's keyword arguments
+#: (``--options``; none: its defaults) and the factor on the guides' own learning rate (``--guide-lr-factor``).
+DEFAULT_SETTINGS: dict = {"seed": 0, "options": {}, "guide_lr_factor": 1.0}
 
 
 def draw(model: torch.nn.Module, num: int, data_dim: int, seed: int, site: str = "x") -> torch.Tensor:
@@ -168,15 +178,29 @@ def _iterations(guide) -> int | None:
     return getattr(guide, "num_iterations", getattr(guide, "num_steps", None))
 
 
+def adam(lr: float, guide: torch.nn.Module, guide_lr_factor: float = 1.0) -> pyro.optim.PyroOptim:
+    """Adam at ``lr``; the guide's own parameters (its networks, its global q) at ``lr * guide_lr_factor``."""
+    if guide_lr_factor == 1.0:
+        return pyro.optim.Adam({"lr": lr})
+    store = pyro.get_param_store()
+
+    def per_parameter(name: str) -> dict:  # Pyro's normalized name; the guide's networks exist by the first step
+        owned = name in {normalize_param_name(store.param_name(p) or "") for p in guide.parameters()}
+        return {"lr": lr * (guide_lr_factor if owned else 1.0)}
+
+    return pyro.optim.Adam(per_parameter)
+
+
 def run_cell(entry: ZooModel, guide_name: str, lr: float, *, steps: int, batch_size: int, particles: int,
-             reference_steps: int, seed: int) -> dict:
-    """Train one guide with its defaults on one zoo model and measure it (see the module docstring)."""
+             reference_steps: int, seed: int, options: dict | None = None, guide_lr_factor: float = 1.0) -> dict:
+    """Train one guide on one zoo model and measure it (see the module docstring): with its defaults, or with
+    ``options`` (keyword arguments of the guide) and the guide's parameters at ``guide_lr_factor`` times ``lr``."""
     x_train, x_test = entry.data()
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
     model = entry.build()
-    guide = GUIDES[guide_name](model)
-    svi = SVI(model, guide, pyro.optim.Adam({"lr": lr}), Trace_ELBO())
+    guide = GUIDES[guide_name](model, **(options or {}))
+    svi = SVI(model, guide, adam(lr, guide, guide_lr_factor), Trace_ELBO())
     losses, start, error = [], time.perf_counter(), None
     model.train()
     for _ in range(steps):
@@ -288,6 +312,11 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=1000, help="SVI steps per cell")
     p.add_argument("--fresh", action="store_true", help="ignore saved cells and start over")
     p.add_argument("--label", default="zoo", help="name of the results files (benchmarks/results/<label>.json)")
+    p.add_argument("--options", action="append", default=[], metavar="GUIDE=JSON",
+                   help="not the defaults: keyword arguments for one guide, e.g. 'iterative={\"highway\": true}' "
+                        "(repeatable; give such runs their own --label)")
+    p.add_argument("--guide-lr-factor", type=float, default=1.0,
+                   help="not the defaults: the guides' own parameters take Adam steps this many times the model's")
     p.add_argument("--render", nargs="+", type=Path, metavar="JSON",
                    help="train nothing: print and write (to --out, .json and .md) the table of these saved runs' cells")
     args = p.parse_args()
@@ -305,11 +334,24 @@ def main() -> None:
                                           f"datapoints per cell, {runs[0]['particles']} particles with common random "
                                           "numbers.\n\n" + text + "\n")
         return
+    options = {}
+    for given in args.options:
+        guide, _, text = given.partition("=")
+        if guide not in GUIDES or not text:
+            p.error(f"--options takes GUIDE=JSON with GUIDE one of {list(GUIDES)}, got {given!r}")
+        options[guide] = json.loads(text)
+    if (options or args.guide_lr_factor != 1.0) and args.label == "zoo":
+        p.error("--options and --guide-lr-factor measure something other than the defaults: give the run a --label")
     torch.set_num_threads(args.threads)
     steps, particles, reference_steps = (30, 8, 50) if args.quick else (args.steps, 32, 3000)
     out = args.out or RESULTS / f"{args.label}{'-quick' if args.quick else ''}.json"
-    saved = {} if args.fresh or not out.exists() else json.loads(out.read_text())["cells"]
-    cells = dict(saved)
+    settings = {"seed": args.seed, "options": options, "guide_lr_factor": args.guide_lr_factor}
+    saved_run = {} if args.fresh or not out.exists() else json.loads(out.read_text())
+    # files written before the settings were saved hold runs of the default settings
+    previous = {key: saved_run.get("settings", {}).get(key, value) for key, value in DEFAULT_SETTINGS.items()}
+    if saved_run and previous != settings:
+        p.error(f"{out} holds cells of other settings ({previous}); use another --label, or --fresh to start over")
+    cells = dict(saved_run.get("cells", {}))
     for name in args.models.split(","):
         for lr in (float(v) for v in args.lrs.split(",")):
             for guide in args.guides.split(","):
@@ -318,16 +360,18 @@ def main() -> None:
                     continue
                 start = time.perf_counter()
                 cells[key] = run_cell(ZOO[name], guide, lr, steps=steps, batch_size=100, particles=particles,
-                                      reference_steps=reference_steps, seed=args.seed)
+                                      reference_steps=reference_steps, seed=args.seed, options=options.get(guide),
+                                      guide_lr_factor=args.guide_lr_factor)
                 print(f"{key}: ELBO {_fmt(cells[key].get('elbo'))} ({time.perf_counter() - start:.0f} s)", flush=True)
                 write_json(out, {"machine": machine_line(machine()), "steps": steps, "particles": particles,
-                                 "cells": cells})
+                                 "settings": settings, "cells": cells})
     ordered = [cells[k] for k in cells]
     text = "\n".join([table(ordered), "", *bounds(ordered)])
     print(text)
+    changed = "" if settings == DEFAULT_SETTINGS else f" Settings: {json.dumps(settings)}."
     out.with_suffix(".md").write_text(f"Machine: {machine_line(machine())}; {steps} SVI steps of 100 "
-                                      f"datapoints per cell, {particles} particles with common random numbers.\n\n"
-                                      + text + "\n")
+                                      f"datapoints per cell, {particles} particles with common random numbers."
+                                      f"{changed}\n\n" + text + "\n")
 
 
 if __name__ == "__main__":

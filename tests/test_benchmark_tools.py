@@ -99,3 +99,28 @@ def test_floor_one_shot_steps_compute_the_same_loss(benchmarks, float64):
     torch.manual_seed(5)
     assert pyro_loss == pytest.approx(floor.plain_loss().item(), rel=1e-12)
     assert set(floor.calls()) == {"svi_one_shot", "plain_one_shot", "model_run", "plain_elbo"}
+
+
+def test_zoo_variants_scale_only_the_guides_learning_rate_and_keep_their_own_files(tmp_path, monkeypatch):
+    import pyro
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    zoo = importlib.import_module("zoo")
+    entry = zoo.ZOO["small"]
+    x, _ = entry.data()
+    model = entry.build()
+    guide = zoo.GUIDES["amortized"](model)
+    optim = zoo.adam(1e-3, guide, 0.3)
+    pyro.infer.SVI(model, guide, optim, Trace_ELBO()).step(x, subsample_size=20)
+    guide_tensors = {id(p) for p in guide.parameters()}
+    rates = {id(p): o.param_groups[0]["lr"] for p, o in optim.optim_objs.items()}
+    assert [rates[i] for i in guide_tensors] == pytest.approx([3e-4] * len(guide_tensors))
+    assert {rate for i, rate in rates.items() if i not in guide_tensors} == {1e-3}  # the model's
+    assert len(rates) > len(guide_tensors) > 0
+    # a results file refuses cells of other settings; the defaults' label refuses variants
+    out = tmp_path / "variant.json"
+    out.write_text('{"settings": {"seed": 0, "options": {}, "guide_lr_factor": 0.3}, "cells": {}}')
+    for argv in (["--label", "v", "--out", str(out)], ["--options", 'iterative={"highway": true}']):
+        monkeypatch.setattr(sys, "argv", ["zoo.py", "--quick", "--models", "small", "--guides", "amortized", *argv])
+        with pytest.raises(SystemExit):
+            zoo.main()
