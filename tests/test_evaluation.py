@@ -1,12 +1,14 @@
 """Evaluation against closed forms on the linear-Gaussian model: log-likelihood, amortization gap."""
 
+import warnings
+
 import pyro
 import pytest
 import torch
 from pyro.infer import SVI, Trace_ELBO
 
 from pyro_iterative import AmortizedGuide, IterativeGuide, LocalGuide, ModelPasses
-from pyro_iterative.evaluation import amortization_gap, elbo_per_iteration, log_likelihood, over_batches
+from pyro_iterative.evaluation import amortization_gap, elbo_per_iteration, gap_failed, log_likelihood, over_batches
 from pyro_iterative.guides import Refinement
 from pyro_iterative.models import LinearGaussian
 
@@ -77,6 +79,21 @@ def test_amortization_gap_of_a_shifted_posterior_is_the_closed_form_kl(model_and
     expected = 0.5 * (shift**2 / scale**2).sum(-1)  # KL between Normals that differ only in their means
     assert (result.gap.mean - expected.mean()).abs() < 0.05 + 4 * result.gap.standard_error
     assert result.optimized_elbo.passes.backward > 0
+
+
+def test_a_local_optimizer_that_makes_q_worse_is_reported_as_failed_not_as_a_gap(model_and_data):
+    model, _, x_test = model_and_data
+    with warnings.catch_warnings():  # a good optimizer: a gap, no warning
+        warnings.simplefilter("error", RuntimeWarning)
+        good = amortization_gap(model, ExactPosteriorGuide(model, shift=0.4), x_test, lr=0.02, eval_particles=200)
+        at_optimum = amortization_gap(model, ExactPosteriorGuide(model), x_test, lr=1e-3, patience=50)
+    assert not good.failed and good.gap.mean > 0.1
+    assert not at_optimum.failed  # a few hundredths lost at the optimum are not a failure
+    with pytest.warns(RuntimeWarning, match=r"made q worse .* not an amortization gap; .* smaller lr"):
+        bad = amortization_gap(model, ExactPosteriorGuide(model), x_test, optimizer="sgd", lr=1.0, max_steps=20,
+                               patience=5)
+    assert bad.failed and bad.gap.mean < -0.1
+    assert gap_failed(-28.5, 1.9) and not gap_failed(-0.1, 0.2) and not gap_failed(-0.02, 0.001)
 
 
 def test_fraction_closed_per_iteration_of_an_iterative_guide(model_and_data):

@@ -18,6 +18,8 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from ..evaluation import gap_failed
+
 __all__ = [
     "combined_se",
     "format_table",
@@ -180,7 +182,8 @@ def _table_rows(metrics: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]
             _label(name, method),
             _pm(method.get("test_elbo"), method.get("test_elbo_se")),
             log_likelihood,
-            _pm(method.get("amortization_gap"), method.get("amortization_gap_se")),
+            ("failed: " if _gap_failed(method) else "") + _pm(method.get("amortization_gap"),
+                                                              method.get("amortization_gap_se")),
             _count(method.get("inference_params")),
             _count(method.get("decoder_passes_per_datapoint")),
             _seconds(method.get("train_seconds")),
@@ -256,6 +259,28 @@ def _difference_clause(difference: float, se: float | None, count: int | None = 
 
 def _join(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _gap_failed(method: Mapping[str, Any]) -> bool:
+    """Whether the method's amortization gap is a failure of the local optimizer (:func:`gap_failed`)."""
+    mean, se = _number(method.get("amortization_gap")), _number(method.get("amortization_gap_se"))
+    return mean is not None and se is not None and gap_failed(mean, se)
+
+
+def _without_failed_gaps(methods: Mapping[str, Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
+    """The methods as comparisons see them: a gap that is a failure of the local optimizer is left out."""
+    return {name: {k: v for k, v in method.items() if not k.startswith("amortization_gap")}
+            if _gap_failed(method) else method for name, method in methods.items()}
+
+
+def _failed_gaps_note(methods: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    failed = [_label(name, method) for name, method in methods.items() if _gap_failed(method)]
+    if not failed:
+        return []
+    return [f"Amortization gap not measured for {_join(failed)}: local optimization from the guide's q made it worse "
+            "by more than two standard errors and 0.1 nats (marked \"failed\"; a true gap is never negative), so the "
+            "optimizer's step was too large for this model or its estimates too noisy. These gaps are left out of "
+            "every comparison below (`pyro_iterative.evaluation.gap_failed`).", ""]
 
 
 def _measured(methods: Mapping[str, Mapping[str, Any]], key: str) -> list[str]:
@@ -681,6 +706,8 @@ def write_report(metrics: Mapping[str, Any], out_dir: str | Path, figures: Mappi
               "sampled on n datapoints; the amortization gap is the ELBO gained by optimizing each datapoint's q "
               "locally from the guide's output (smaller is better). Decoder passes count forward + backward "
               "passes per datapoint.", ""]
+    lines += _failed_gaps_note(methods)
+    methods = _without_failed_gaps(methods)
     lines += _paired_section(methods)
 
     winners = [sentence for sentence in (

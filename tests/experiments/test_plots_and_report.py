@@ -221,6 +221,19 @@ def test_report_names_a_clear_winner_other_than_iterative(tmp_path):
     assert "so the difference exceeds 2 combined SEs" in text
 
 
+def test_a_failed_amortization_gap_is_marked_and_compared_with_nothing(tmp_path):
+    metrics = make_metrics()
+    metrics["methods"]["iterative"]["amortization_gap"] = -22.1  # local optimization made q worse: not a gap
+    text = write_report(metrics, tmp_path, {}).read_text(encoding="utf-8")
+    assert "failed: -22.10 ± 0.10" in text
+    assert "Amortization gap not measured for Iterative (K=3): local optimization" in text
+    assert "Its amortization gap" not in text  # the iterative-versus-standard summary leaves the gap out
+    assert "failed: 4.00" not in text and "Standard encoder |" in text
+    metrics["methods"]["iterative"]["amortization_gap"] = -0.05  # within 0.1 nats of the optimum: a gap of zero
+    text = write_report(metrics, tmp_path, {}).read_text(encoding="utf-8")
+    assert "failed" not in text and "Its amortization gap is -0.05 ± 0.10" in text
+
+
 def test_report_does_not_need_matplotlib(tmp_path):
     metrics = copy.deepcopy(make_metrics())
     del metrics["figures"]
