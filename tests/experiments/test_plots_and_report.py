@@ -228,7 +228,7 @@ def test_a_failed_amortization_gap_is_marked_and_compared_with_nothing(tmp_path)
     assert "failed: -22.10 ± 0.10" in text
     assert "Amortization gap not measured for Iterative (K=3): local optimization" in text
     assert "Its amortization gap" not in text  # the iterative-versus-standard summary leaves the gap out
-    assert "failed: 4.00" not in text and "Standard encoder |" in text
+    assert "4.00 ± 0.10" in text and "failed: 4.00" not in text  # the standard encoder's gap is a gap
     metrics["methods"]["iterative"]["amortization_gap"] = -0.05  # within 0.1 nats of the optimum: a gap of zero
     text = write_report(metrics, tmp_path, {}).read_text(encoding="utf-8")
     assert "failed" not in text and "Its amortization gap is -0.05 ± 0.10" in text
