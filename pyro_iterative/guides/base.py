@@ -185,6 +185,10 @@ class LocalGuide(AutoGuide):
         as it runs instead of building Pyro traces; ``False`` takes the general path through
         ``poutine.trace``/``poutine.replay``. Both give the same values from the same random draws
         (see :mod:`pyro_iterative.inference.inner_elbo`); the general path is there to check the fast one.
+    :param bool antithetic: draw the internal ELBO's particles in antithetic pairs (a draw and its mirror image about
+        q's location; see :class:`~pyro_iterative.inference.inner_elbo.InnerELBO`): ``num_particles`` must be even.
+        Off by default; on the model zoo it removed the small drops between iterations that gradient noise causes
+        near an optimum (``docs/defaults.md``).
     """
 
     _prototype_hide_fn = staticmethod(_keep_observed)
@@ -202,6 +206,7 @@ class LocalGuide(AutoGuide):
         create_plates: Callable | None = None,
         observe: Callable | None = None,
         fast_path: bool = True,
+        antithetic: bool = False,
     ) -> None:
         if not init_scale > 0 or not global_init_scale > 0:
             raise ValueError(
@@ -217,6 +222,7 @@ class LocalGuide(AutoGuide):
         self.layout: SiteLayout | None = None
         self.global_guide: AutoNormal | None = None  # built with the prototype when the model has global sites
         self.fast_path = bool(fast_path)
+        self.antithetic = bool(antithetic)
         self.num_particles = num_particles  # validated by the setter
         #: datapoint-iterations whose ELBO or its gradient was not finite (they kept their previous lambda)
         self.nonfinite_gradients = 0
@@ -230,9 +236,14 @@ class LocalGuide(AutoGuide):
     def num_particles(self, value: int) -> None:
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"num_particles must be a positive integer, got {value!r}.")
+        if self.antithetic and value % 2:
+            raise ValueError(f"antithetic=True draws the particles in pairs: num_particles must be even, got {value}.")
         self._num_particles = value
         if self.layout is not None:
-            self._inner_elbo = InnerELBO(self.model, self.layout, value, fast=self.fast_path)
+            self._inner_elbo = self._build_inner_elbo(value)
+
+    def _build_inner_elbo(self, num_particles: int) -> InnerELBO:
+        return InnerELBO(self.model, self.layout, num_particles, fast=self.fast_path, antithetic=self.antithetic)
 
     # ------------------------------------------------------------------ set-up
 
@@ -242,7 +253,7 @@ class LocalGuide(AutoGuide):
         for name, site in list(self.prototype_trace.nodes.items()):
             if site["type"] == "sample" and site["is_observed"]:
                 self.prototype_trace.remove_node(name)  # keep no copy of the data in the guide
-        self._inner_elbo = InnerELBO(self.model, self.layout, self._num_particles, fast=self.fast_path)
+        self._inner_elbo = self._build_inner_elbo(self._num_particles)
         self.global_guide = None
         if self.layout.global_names:
             global_model = poutine.block(self.model, expose=list(self.layout.global_names))

@@ -95,7 +95,7 @@ class IterativeGuide(LocalGuide):
         memory then hardly grows with ``num_iterations``, at the price of one more forward pass of the
         update networks per iteration. Results are the same either way.
     :param kwargs: ``plate_name``, ``init_loc``, ``init_scale``, ``global_init_scale``, ``create_plates``,
-        ``observe``, ``fast_path``, see :class:`~pyro_iterative.guides.base.LocalGuide`.
+        ``observe``, ``fast_path``, ``antithetic``, see :class:`~pyro_iterative.guides.base.LocalGuide`.
     """
 
     def __init__(

@@ -194,6 +194,11 @@ class InnerELBO:
     Calls take the fast path (see the module docstring) unless ``fast=False``; both give the same values
     from the same random draws, and :meth:`trace` always takes the general path.
 
+    With ``antithetic=True`` the particles come in pairs: each unconstrained draw ``u = loc + scale * eps`` and its
+    mirror image ``2 * loc - u`` (Pyro's distributions do the rest). The estimate stays unbiased; where the model's
+    log-density is quadratic in the latents (a linear-Gaussian model), the gradient with respect to q's locations
+    is then exact. It needs an even ``num_particles``, the fast path and a model that takes a particle dimension.
+
     Usage::
 
         inner = InnerELBO(model, layout, num_particles=1)
@@ -206,11 +211,12 @@ class InnerELBO:
     :param fast: score the model with :class:`ReplayScorer` instead of building traces.
     :param vectorize: draw the particles in a vectorized plate (``True``), one at a time (``False``), or try the
         plate first (``None``).
+    :param antithetic: draw the particles in antithetic pairs (see above).
     """
 
     def __init__(
         self, model: Callable, layout: SiteLayout, num_particles: int = 1, *, fast: bool = True,
-        vectorize: bool | None = None,
+        vectorize: bool | None = None, antithetic: bool = False,
     ) -> None:
         if num_particles < 1:
             raise ValueError(f"num_particles must be at least 1, got {num_particles}.")
@@ -219,6 +225,14 @@ class InnerELBO:
         self.num_particles = num_particles
         self.fast = fast and not layout.enumerated_names  # enumeration needs a trace to contract
         self.vectorize = vectorize
+        self.antithetic = bool(antithetic)
+        if self.antithetic and (num_particles % 2 or not self.fast or vectorize is False):
+            raise ValueError(
+                "antithetic particles come in pairs drawn in one vectorized plate on the fast path: they need an even "
+                f"num_particles (got {num_particles}), fast=True and no enumerated sites (got fast={fast}, enumerated "
+                f"sites {list(layout.enumerated_names)}), and vectorize not False (got {vectorize}); or use "
+                "antithetic=False."
+            )
         # Sites whose model-trace entries the guides read: the data, the errors encoding's means.
         self._keep = frozenset(site.name for site in layout.observed_sites + layout.local_sites)
 
@@ -290,10 +304,14 @@ class InnerELBO:
             # Drawn as the inner guide's plates would draw it: expanded over the particles, then rsample(). q's
             # parameters are this package's own (their non-finite values are caught by the guides): not validated.
             q = site.distribution(*params[site.name], validate_args=False)
+            value = None
             if dim is not None:
                 shape = (1,) * (-dim - len(q.batch_shape)) + tuple(q.batch_shape)
+                if self.antithetic:
+                    value = self._antithetic_draw(q, shape[:dim] + (self.num_particles // 2,) + shape[dim + 1 :], dim)
                 q = q.expand(shape[:dim] + (self.num_particles,) + shape[dim + 1 :])
-            value = q.rsample()
+            if value is None:
+                value = q.rsample()
             values[site.name] = value
             log_q[site.name] = _per_datapoint(q.log_prob(value), self.layout.plate.dim, dim)
         check = self.layout.observed_sites if check_data else ()
@@ -306,12 +324,33 @@ class InnerELBO:
             log_q[name] = _mask_log_q(log_q[name], scorer.trace.nodes[name], self.layout.plate.dim, len(batch))
         return scorer.log_density - sum(log_q.values()), scorer.trace
 
+    @staticmethod
+    def _antithetic_draw(q: dist.TorchDistribution, half_shape: tuple[int, ...], dim: int) -> torch.Tensor:
+        """A draw of ``q`` with the particles at ``dim``: ``half_shape`` (its batch shape with half the particles)
+        drawn, then their mirror images about q's location in unconstrained space."""
+        base = q.base_dist if isinstance(q, dist.TransformedDistribution) else q
+        half = base.expand(half_shape)
+        first = half.rsample()
+        index = len(half_shape) + dim  # the particle dim, counted from the left (events are on the right)
+        unconstrained = torch.cat([first, 2 * half.mean - first], dim=index)
+        if base is q:
+            return unconstrained
+        for transform in q.transforms:
+            unconstrained = transform(unconstrained)  # cached: q.log_prob inverts it exactly
+        return unconstrained
+
     def _log_weights(self, args, kwargs, params, batch, global_values, check_data=False) -> tuple[torch.Tensor, Trace]:
         """``([particles,] batch)`` log-weights (the particle dim when there are several) and a model trace."""
         if self.num_particles > 1 and self.vectorize is None:
             try:
                 return self._log_weights_once(args, kwargs, params, batch, global_values, check_data)
-            except (RuntimeError, ValueError, IndexError):  # e.g. a decoder that takes (batch, features) only
+            except (RuntimeError, ValueError, IndexError) as failure:  # e.g. a decoder that takes (batch, features)
+                if self.antithetic:
+                    raise ValueError(
+                        "antithetic particles are drawn in one vectorized plate, and this model failed under it "
+                        f"({type(failure).__name__}: {failure}); use antithetic=False (its particles are then drawn "
+                        "one at a time)."
+                    ) from failure
                 self.vectorize = False  # from now on, one particle at a time (a genuine error is raised again there)
         if self.num_particles > 1 and self.vectorize is False:
             runs = [self._log_weights_once(args, kwargs, params, batch, global_values, check_data and not i)

@@ -314,3 +314,16 @@ def test_inner_particles_live_beside_svis_vectorized_particles(linear_gaussian):
     losses = train(model, guide, x_train[:32], steps=3, loss=elbo)
     assert torch.isfinite(torch.tensor(losses)).all()
     assert guide.elbo_trajectory(x_train[:8]).shape == (4, 8)
+
+
+def test_antithetic_particles_train_and_need_pairs():
+    model = LinearGaussian.orthogonal(data_dim=10, latent_dim=2, noise_scale=0.5, seed=0, dtype=torch.float64)
+    x = model.sample(200, seed=1)
+    with pytest.raises(ValueError, match="num_particles must be even"):
+        small_guide(model, antithetic=True)
+    guide = small_guide(model, antithetic=True, num_particles=2)
+    losses = train(model, guide, x, steps=60, subsample_size=50)
+    assert guide.antithetic and all(torch.isfinite(torch.tensor(losses)))
+    assert sum(losses[-10:]) < sum(losses[:10])
+    with pytest.raises(ValueError, match="num_particles must be even"):
+        guide.num_particles = 3
