@@ -59,6 +59,15 @@ __all__ = [
     "per_datapoint_elbo",
 ]
 
+def _push_forward(q: dist.TorchDistribution, unconstrained: torch.Tensor) -> torch.Tensor:
+    """q's value at an unconstrained draw of its base distribution (through q's transforms, whose cache lets
+    ``q.log_prob`` invert them exactly)."""
+    if isinstance(q, dist.TransformedDistribution):
+        for transform in q.transforms:
+            unconstrained = transform(unconstrained)
+    return unconstrained
+
+
 def _subsample_factor(site: dict) -> float:
     return math.prod(f.full_size / f.size for f in site["cond_indep_stack"] if f.full_size is not None)
 
@@ -197,7 +206,8 @@ class InnerELBO:
     With ``antithetic=True`` the particles come in pairs: each unconstrained draw ``u = loc + scale * eps`` and its
     mirror image ``2 * loc - u`` (Pyro's distributions do the rest). The estimate stays unbiased; where the model's
     log-density is quadratic in the latents (a linear-Gaussian model), the gradient with respect to q's locations
-    is then exact. It needs an even ``num_particles``, the fast path and a model that takes a particle dimension.
+    is then exact. It needs an even ``num_particles`` and the fast path; for a model that cannot take a particle
+    dimension the pairs are drawn one particle at a time.
 
     Usage::
 
@@ -226,12 +236,11 @@ class InnerELBO:
         self.fast = fast and not layout.enumerated_names  # enumeration needs a trace to contract
         self.vectorize = vectorize
         self.antithetic = bool(antithetic)
-        if self.antithetic and (num_particles % 2 or not self.fast or vectorize is False):
+        if self.antithetic and (num_particles % 2 or not self.fast):
             raise ValueError(
-                "antithetic particles come in pairs drawn in one vectorized plate on the fast path: they need an even "
-                f"num_particles (got {num_particles}), fast=True and no enumerated sites (got fast={fast}, enumerated "
-                f"sites {list(layout.enumerated_names)}), and vectorize not False (got {vectorize}); or use "
-                "antithetic=False."
+                "antithetic particles come in pairs drawn on the fast path: they need an even num_particles (got "
+                f"{num_particles}), fast=True and no enumerated sites (got fast={fast}, enumerated sites "
+                f"{list(layout.enumerated_names)}); or use antithetic=False."
             )
         # Sites whose model-trace entries the guides read: the data, the errors encoding's means.
         self._keep = frozenset(site.name for site in layout.observed_sites + layout.local_sites)
@@ -296,22 +305,29 @@ class InnerELBO:
         batch: Batch,
         global_values: dict[str, torch.Tensor],
         check_data: bool = False,
-    ) -> tuple[torch.Tensor, Trace]:
-        """The fast path: ``([particles,] batch)`` log-weights ``log p - log q`` and the kept model sites."""
+        mirror: dict[str, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, Trace, dict[str, torch.Tensor]]:
+        """The fast path: ``([particles,] batch)`` log-weights ``log p - log q``, the kept model sites and, with
+        ``antithetic``, each site's unconstrained draw (whose mirror image ``mirror`` asks for instead of a draw)."""
         dim = self.particle_dim
-        values, log_q = dict(global_values), {}
+        values, log_q, draws = dict(global_values), {}, {}
         for site in self.layout.local_sites:
             # Drawn as the inner guide's plates would draw it: expanded over the particles, then rsample(). q's
             # parameters are this package's own (their non-finite values are caught by the guides): not validated.
             q = site.distribution(*params[site.name], validate_args=False)
-            value = None
+            base = q.base_dist if isinstance(q, dist.TransformedDistribution) else q
             if dim is not None:
                 shape = (1,) * (-dim - len(q.batch_shape)) + tuple(q.batch_shape)
-                if self.antithetic:
-                    value = self._antithetic_draw(q, shape[:dim] + (self.num_particles // 2,) + shape[dim + 1 :], dim)
+                if self.antithetic:  # half the particles drawn, then mirrored about q's location
+                    half = base.expand(shape[:dim] + (self.num_particles // 2,) + shape[dim + 1 :])
+                    first = half.rsample()
+                    draws[site.name] = torch.cat([first, 2 * half.mean - first], dim=len(shape) + dim)
                 q = q.expand(shape[:dim] + (self.num_particles,) + shape[dim + 1 :])
-            if value is None:
-                value = q.rsample()
+            elif mirror is not None:
+                draws[site.name] = 2 * base.mean - mirror[site.name]
+            elif self.antithetic:
+                draws[site.name] = base.rsample()
+            value = q.rsample() if site.name not in draws else _push_forward(q, draws[site.name])
             values[site.name] = value
             log_q[site.name] = _per_datapoint(q.log_prob(value), self.layout.plate.dim, dim)
         check = self.layout.observed_sites if check_data else ()
@@ -322,36 +338,23 @@ class InnerELBO:
             raise ValueError(f"No sample site of the model lies inside the plate '{self.layout.plate_name}'.")
         for name in self.layout.masked_names:  # q counts where the model counts the site
             log_q[name] = _mask_log_q(log_q[name], scorer.trace.nodes[name], self.layout.plate.dim, len(batch))
-        return scorer.log_density - sum(log_q.values()), scorer.trace
-
-    @staticmethod
-    def _antithetic_draw(q: dist.TorchDistribution, half_shape: tuple[int, ...], dim: int) -> torch.Tensor:
-        """A draw of ``q`` with the particles at ``dim``: ``half_shape`` (its batch shape with half the particles)
-        drawn, then their mirror images about q's location in unconstrained space."""
-        base = q.base_dist if isinstance(q, dist.TransformedDistribution) else q
-        half = base.expand(half_shape)
-        first = half.rsample()
-        index = len(half_shape) + dim  # the particle dim, counted from the left (events are on the right)
-        unconstrained = torch.cat([first, 2 * half.mean - first], dim=index)
-        if base is q:
-            return unconstrained
-        for transform in q.transforms:
-            unconstrained = transform(unconstrained)  # cached: q.log_prob inverts it exactly
-        return unconstrained
+        return scorer.log_density - sum(log_q.values()), scorer.trace, draws
 
     def _log_weights(self, args, kwargs, params, batch, global_values, check_data=False) -> tuple[torch.Tensor, Trace]:
         """``([particles,] batch)`` log-weights (the particle dim when there are several) and a model trace."""
         if self.num_particles > 1 and self.vectorize is None:
             try:
                 return self._log_weights_once(args, kwargs, params, batch, global_values, check_data)
-            except (RuntimeError, ValueError, IndexError) as failure:  # e.g. a decoder that takes (batch, features)
-                if self.antithetic:
-                    raise ValueError(
-                        "antithetic particles are drawn in one vectorized plate, and this model failed under it "
-                        f"({type(failure).__name__}: {failure}); use antithetic=False (its particles are then drawn "
-                        "one at a time)."
-                    ) from failure
+            except (RuntimeError, ValueError, IndexError):  # e.g. a decoder that takes (batch, features) only
                 self.vectorize = False  # from now on, one particle at a time (a genuine error is raised again there)
+        if self.num_particles > 1 and self.vectorize is False and self.antithetic:  # pairs, one particle at a time
+            weights, trace = [], None
+            for i in range(self.num_particles // 2):
+                first, run_trace, draws = self._score(args, kwargs, params, batch, global_values, check_data and not i)
+                second, _, _ = self._score(args, kwargs, params, batch, global_values, mirror=draws)
+                weights += [first, second]
+                trace = trace if trace is not None else run_trace
+            return torch.stack(weights), trace
         if self.num_particles > 1 and self.vectorize is False:
             runs = [self._log_weights_once(args, kwargs, params, batch, global_values, check_data and not i)
                     for i in range(self.num_particles)]
@@ -360,7 +363,7 @@ class InnerELBO:
 
     def _log_weights_once(self, args, kwargs, params, batch, global_values, check_data) -> tuple[torch.Tensor, Trace]:
         if self.fast:
-            return self._score(args, kwargs, params, batch, global_values, check_data)
+            return self._score(args, kwargs, params, batch, global_values, check_data)[:2]
         guide_trace, model_trace = self.trace(args, kwargs, params, batch, global_values)
         if check_data:
             check_observations(model_trace, self.layout)

@@ -80,8 +80,8 @@ def test_antithetic_pairs_are_unbiased_and_make_the_location_gradient_exact_on_a
     loc = loc.clone().requires_grad_()
     exact_loc = loc.detach().clone().requires_grad_()
     (exact,) = torch.autograd.grad(model.elbo(x, exact_loc, scale).sum(), exact_loc)
-    for antithetic in (True, False):
-        pair = InnerELBO(model, layout, num_particles=2, antithetic=antithetic)
+    for antithetic, vectorize in ((True, None), (True, False), (False, None)):  # False: one particle at a time
+        pair = InnerELBO(model, layout, num_particles=2, antithetic=antithetic, vectorize=vectorize)
         grads = [torch.autograd.grad(pair((x,), {}, {"z": (loc, scale)}, batch, {})[0].sum(), loc)[0]
                  for _ in range(3)]
         if antithetic:  # log p is quadratic in z: the pair's noise cancels in the location gradient
@@ -90,7 +90,7 @@ def test_antithetic_pairs_are_unbiased_and_make_the_location_gradient_exact_on_a
             assert not torch.allclose(grads[0], grads[1], atol=1e-3)
 
 
-def test_antithetic_pairs_mirror_in_unconstrained_space_and_need_an_even_vectorized_fast_path():
+def test_antithetic_pairs_mirror_in_unconstrained_space_and_need_an_even_number_on_the_fast_path():
     from pyro_iterative.models import PoissonGamma
 
     model = PoissonGamma(6, 2, weight_scale=5.0).double()
@@ -102,6 +102,28 @@ def test_antithetic_pairs_mirror_in_unconstrained_space_and_need_an_even_vectori
     z = trace.nodes["z"]["value"]  # (4, 10, 2), positive
     assert z.shape == (4, 10, 2) and (z > 0).all()
     assert torch.allclose(z[:2].log() + z[2:].log(), 2 * loc.expand(2, 10, 2))
-    for bad in ({"num_particles": 3}, {"num_particles": 2, "fast": False}, {"num_particles": 2, "vectorize": False}):
+    for bad in ({"num_particles": 3}, {"num_particles": 2, "fast": False}):
         with pytest.raises(ValueError, match="antithetic particles come in pairs"):
             InnerELBO(model, layout, antithetic=True, **bad)
+
+
+def test_antithetic_pairs_one_particle_at_a_time_for_a_decoder_that_takes_only_batch_and_features():
+    import pyro
+    import pyro.distributions as dist
+
+    norm = torch.nn.BatchNorm1d(3).double().eval()  # (batch, features) only; affine in eval mode
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(3, dtype=x.dtype), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(norm(z), 0.5).to_event(1), obs=x)
+
+    x = torch.randn(8, 3, dtype=torch.float64)
+    layout = discover_sites(poutine.trace(model).get_trace(x))
+    inner = InnerELBO(model, layout, num_particles=4, antithetic=True)
+    loc = torch.zeros(8, 3, dtype=torch.float64, requires_grad=True)
+    scale = torch.full((8, 3), 0.5, dtype=torch.float64)
+    grads = [torch.autograd.grad(inner((x,), {}, {"z": (loc, scale)}, Batch(torch.arange(8), 8), {})[0].sum(),
+                                 loc)[0] for _ in range(2)]
+    assert inner.vectorize is False  # the plate failed, the pairs were drawn one particle at a time
+    assert torch.allclose(grads[0], grads[1], atol=1e-9)  # log p is quadratic in z: exact location gradients
