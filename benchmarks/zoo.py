@@ -328,11 +328,16 @@ def main() -> None:
         text = "\n".join([table(ordered), "", *bounds(ordered)])
         print(text)
         out = args.out or RESULTS / f"{args.label}.json"
+        settings = [{**DEFAULT_SETTINGS, **run.get("settings", {})} for run in runs]
+        if any(other != settings[0] for other in settings):
+            p.error(f"--render joins runs of one setting only; these have {settings}")
         write_json(out, {"machine": runs[0]["machine"], "steps": runs[0]["steps"], "particles": runs[0]["particles"],
+                         "settings": settings[0],
                          "cells": {f"{c['model']}/{c['guide']}/{c['lr']:g}": c for c in ordered}})
+        changed = "" if settings[0] == DEFAULT_SETTINGS else f" Settings: {json.dumps(settings[0])}."
         out.with_suffix(".md").write_text(f"Machine: {runs[0]['machine']}; {runs[0]['steps']} SVI steps of 100 "
                                           f"datapoints per cell, {runs[0]['particles']} particles with common random "
-                                          "numbers.\n\n" + text + "\n")
+                                          f"numbers.{changed}\n\n" + text + "\n")
         return
     options = {}
     for given in args.options:

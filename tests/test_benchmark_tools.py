@@ -120,7 +120,10 @@ def test_zoo_variants_scale_only_the_guides_learning_rate_and_keep_their_own_fil
     # a results file refuses cells of other settings; the defaults' label refuses variants
     out = tmp_path / "variant.json"
     out.write_text('{"settings": {"seed": 0, "options": {}, "guide_lr_factor": 0.3}, "cells": {}}')
-    for argv in (["--label", "v", "--out", str(out)], ["--options", 'iterative={"highway": true}']):
+    other = tmp_path / "other.json"
+    other.write_text('{"settings": {"seed": 1}, "cells": {}, "machine": "m", "steps": 1, "particles": 1}')
+    for argv in (["--label", "v", "--out", str(out)], ["--options", 'iterative={"highway": true}'],
+                 ["--render", str(out), str(other)]):
         monkeypatch.setattr(sys, "argv", ["zoo.py", "--quick", "--models", "small", "--guides", "amortized", *argv])
         with pytest.raises(SystemExit):
             zoo.main()
