@@ -187,8 +187,8 @@ class LocalGuide(AutoGuide):
         (see :mod:`pyro_iterative.inference.inner_elbo`); the general path is there to check the fast one.
     :param bool antithetic: draw the internal ELBO's particles in antithetic pairs (a draw and its mirror image about
         q's location; see :class:`~pyro_iterative.inference.inner_elbo.InnerELBO`): ``num_particles`` must be even.
-        Off by default; on the model zoo it removed the small drops between iterations that gradient noise causes
-        near an optimum (``docs/defaults.md``).
+        Off by default; on the model zoo it improved the iterative guide on MNIST by 3 nats and removed most drops
+        between iterations, but did worse on a topic model with a dropout decoder (``docs/defaults.md``).
     """
 
     _prototype_hide_fn = staticmethod(_keep_observed)

@@ -59,6 +59,7 @@ __all__ = [
     "per_datapoint_elbo",
 ]
 
+
 def _push_forward(q: dist.TorchDistribution, unconstrained: torch.Tensor) -> torch.Tensor:
     """q's value at an unconstrained draw of its base distribution (through q's transforms, whose cache lets
     ``q.log_prob`` invert them exactly)."""
