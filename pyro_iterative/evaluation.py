@@ -261,19 +261,19 @@ def amortization_gap(
     optimized_passes = ModelPasses(
         cost.forward + optimized.cost.forward + eval_particles, cost.backward + optimized.cost.backward
     )
-    gap = Estimate(final - trajectory[-1], optimized_passes)
-    if gap_failed(float(gap.mean), float(gap.standard_error)):
-        step = DEFAULT_LEARNING_RATES[optimizer] if lr is None else lr
-        warnings.warn(
-            f"amortization_gap: local optimization ({optimizer}, step {step:g}, {num_particles} particle(s)) made q "
-            f"worse ({float(gap.mean):.2f} +- {float(gap.standard_error):.2f} nats), so this is not an amortization "
-            f"gap; measure it with a smaller lr or more num_particles.", RuntimeWarning, stacklevel=2)
-    return AmortizationGap(
-        gap=gap,
+    result = AmortizationGap(
+        gap=Estimate(final - trajectory[-1], optimized_passes),
         guide_elbo=guide_elbo,
         optimized_elbo=Estimate(final, optimized_passes),
         trajectory=trajectory,
     )
+    if result.failed:
+        step = DEFAULT_LEARNING_RATES[optimizer] if lr is None else lr
+        warnings.warn(
+            f"amortization_gap: local optimization ({optimizer}, step {step:g}, {num_particles} particle(s)) made q "
+            f"worse ({float(result.gap.mean):.2f} +- {float(result.gap.standard_error):.2f} nats), so this is not an "
+            f"amortization gap; measure it with a smaller lr or more num_particles.", RuntimeWarning, stacklevel=2)
+    return result
 
 
 def reconstruction(

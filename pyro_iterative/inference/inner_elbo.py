@@ -60,6 +60,16 @@ __all__ = [
 ]
 
 
+def _base(q: dist.TorchDistribution) -> dist.TorchDistribution:
+    """q's Normal in unconstrained space (q itself for a real-valued site)."""
+    return q.base_dist if isinstance(q, dist.TransformedDistribution) else q
+
+
+def _mirrored(base: dist.TorchDistribution, draw: torch.Tensor) -> torch.Tensor:
+    """The antithetic partner of an unconstrained draw: its mirror image about the base Normal's location."""
+    return 2 * base.mean - draw
+
+
 def _push_forward(q: dist.TorchDistribution, unconstrained: torch.Tensor) -> torch.Tensor:
     """q's value at an unconstrained draw of its base distribution (through q's transforms, whose cache lets
     ``q.log_prob`` invert them exactly)."""
@@ -316,18 +326,17 @@ class InnerELBO:
             # Drawn as the inner guide's plates would draw it: expanded over the particles, then rsample(). q's
             # parameters are this package's own (their non-finite values are caught by the guides): not validated.
             q = site.distribution(*params[site.name], validate_args=False)
-            base = q.base_dist if isinstance(q, dist.TransformedDistribution) else q
             if dim is not None:
                 shape = (1,) * (-dim - len(q.batch_shape)) + tuple(q.batch_shape)
                 if self.antithetic:  # half the particles drawn, then mirrored about q's location
-                    half = base.expand(shape[:dim] + (self.num_particles // 2,) + shape[dim + 1 :])
+                    half = _base(q).expand(shape[:dim] + (self.num_particles // 2,) + shape[dim + 1 :])
                     first = half.rsample()
-                    draws[site.name] = torch.cat([first, 2 * half.mean - first], dim=len(shape) + dim)
+                    draws[site.name] = torch.cat([first, _mirrored(half, first)], dim=len(shape) + dim)
                 q = q.expand(shape[:dim] + (self.num_particles,) + shape[dim + 1 :])
             elif mirror is not None:
-                draws[site.name] = 2 * base.mean - mirror[site.name]
+                draws[site.name] = _mirrored(_base(q), mirror[site.name])
             elif self.antithetic:
-                draws[site.name] = base.rsample()
+                draws[site.name] = _base(q).rsample()
             value = q.rsample() if site.name not in draws else _push_forward(q, draws[site.name])
             values[site.name] = value
             log_q[site.name] = _per_datapoint(q.log_prob(value), self.layout.plate.dim, dim)
