@@ -254,6 +254,8 @@ class LocalGuide(AutoGuide):
             if site["type"] == "sample" and site["is_observed"]:
                 self.prototype_trace.remove_node(name)  # keep no copy of the data in the guide
         self._inner_elbo = self._build_inner_elbo(self._num_particles)
+        #: one particle, plain: the model pass that reads the data or the masks before any ELBO is evaluated
+        self._reader = InnerELBO(self.model, self.layout, fast=self.fast_path)
         self.global_guide = None
         if self.layout.global_names:
             global_model = poutine.block(self.model, expose=list(self.layout.global_names))
@@ -363,31 +365,34 @@ class LocalGuide(AutoGuide):
             return data.to(like)
         with torch.no_grad():
             params = self._local_params(self._initial_lambda(len(batch)))
-            _, model_trace = self._inner_elbo.trace(args, kwargs, params, batch, global_values)
+            _, model_trace = self._reader.trace(args, kwargs, params, batch, global_values)
         check_observations(model_trace, self.layout)
         return self._observed_data(model_trace).to(like)
 
     def _reads_data_by_running_the_model(self) -> int:
+        """One forward pass (of one particle) to read the data where no ``observe`` was given."""
         return int(self.observe is None)
 
     #: whether :meth:`_refine` returns the masks of masked local sites (from a model pass it runs anyway)
     _refinement_gives_masks = False
 
     def _reads_masks_by_running_the_model(self) -> int:
-        """One forward pass where the model masks local sites and :meth:`_refine` does not return their masks."""
+        """One forward pass (of one particle) where the model masks local sites and :meth:`_refine` does not return
+        their masks."""
         return int(bool(self.layout is not None and self.layout.masked_names) and not self._refinement_gives_masks)
 
     def _read_masks(self, args: tuple, kwargs: dict, batch: Batch, global_values: dict[str, torch.Tensor]):
         """The ``(batch,)`` masks of the masked local sites, from one forward pass of the model at lambda_0."""
         with torch.no_grad():
             params = self._local_params(self._initial_lambda(len(batch)))
-            _, model_trace = self._inner_elbo(args, kwargs, params, batch, global_values)
+            _, model_trace = self._reader(args, kwargs, params, batch, global_values)
         return latent_masks(model_trace, self.layout, len(batch))
 
     def inference_cost(self, num_iterations: int | None = None) -> ModelPasses:
         """Model (decoder) passes per datapoint this guide spends to produce q for a batch.
 
-        Counts one particle; multiply by ``num_particles`` for the guide's internal ELBO estimates.
+        Counts every particle: an internal ELBO estimate with ``num_particles`` samples costs that many passes
+        (drawn in one vectorized call or one at a time, the model does the same work).
         """
         raise NotImplementedError
 

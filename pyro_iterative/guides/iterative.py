@@ -176,9 +176,11 @@ class IterativeGuide(LocalGuide):
         self.update_nets = self.build_update_networks(layout)
 
     def inference_cost(self, num_iterations: int | None = None) -> ModelPasses:
-        """``num_iterations`` forward and backward passes per datapoint (the data comes from the first)."""
+        """``num_iterations`` forward and backward passes per datapoint and particle (the data comes from the
+        first)."""
         num_iterations = self.num_iterations if num_iterations is None else num_iterations
-        return ModelPasses(forward=num_iterations, backward=num_iterations)
+        passes = num_iterations * self.num_particles
+        return ModelPasses(forward=passes, backward=passes)
 
     def _refine(
         self,

@@ -112,12 +112,12 @@ class SemiAmortizedGuide(AmortizedGuide):
             raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}.")
 
     def inference_cost(self, num_iterations: int | None = None) -> ModelPasses:
-        """One forward and backward pass per step, ``2 * test_particles`` more forward passes per step with
-        ``adaptive`` (its test), and one forward pass to read the data without ``observe``."""
+        """One forward and backward pass per step and particle, ``2 * test_particles`` more forward passes per step
+        with ``adaptive`` (its test), and one forward pass to read the data without ``observe``."""
         steps = self.num_steps if num_iterations is None else num_iterations
-        per_step = 1 + (2 * self.test_particles if self.adaptive else 0)
+        per_step = self.num_particles + (2 * self.test_particles if self.adaptive else 0)
         forward = steps * per_step + self._reads_data_by_running_the_model()
-        return ModelPasses(forward=forward, backward=steps)
+        return ModelPasses(forward=forward, backward=steps * self.num_particles)
 
     def _test_elbo(self) -> InnerELBO:
         """The ELBO estimator of the adaptive rule's test (kept, so that it remembers whether it can vectorize)."""

@@ -155,8 +155,8 @@ class SequenceEncoderGuide(AmortizedGuide):
         rnn, combiner = self.rnn, self.combiner  # read here, outside any poutine.block: SVI sees their parameters
         lam_0 = self._initial_lambda(len(batch))
         with torch.no_grad():
-            _, model_trace = self._inner_elbo(args, kwargs, self._local_params(lam_0), batch, global_values,
-                                              check_data=True)
+            _, model_trace = self._reader(args, kwargs, self._local_params(lam_0), batch, global_values,
+                                          check_data=True)
         masks = latent_masks(model_trace, self.layout, len(batch))
         groups = self.time.groups
         like = self._parameter_like()

@@ -70,6 +70,18 @@ def _mirrored(base: dist.TorchDistribution, draw: torch.Tensor) -> torch.Tensor:
     return 2 * base.mean - draw
 
 
+def _rng_state(device: torch.device) -> torch.Tensor:
+    """The state of the random-number generator that draws on ``device`` (dropout masks, for one)."""
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+
+
+def _set_rng_state(device: torch.device, state: torch.Tensor) -> None:
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state, device)
+    else:
+        torch.set_rng_state(state)
+
+
 def _push_forward(q: dist.TorchDistribution, unconstrained: torch.Tensor) -> torch.Tensor:
     """q's value at an unconstrained draw of its base distribution (through q's transforms, whose cache lets
     ``q.log_prob`` invert them exactly)."""
@@ -208,8 +220,11 @@ class InnerELBO:
     (global latents are held at given values and their terms are left out), estimated with
     ``num_particles`` reparameterized samples drawn in a vectorized particle plate, or one at a time for a model
     that cannot run with a particle dimension (a decoder with batch normalisation takes ``(batch, features)`` only):
-    with ``vectorize=None`` (the default) the first call tries the plate and, if the model fails under it, every
-    call from then on draws the particles one at a time.
+    with ``vectorize=None`` (the default) the first call tries the plate and, if the model fails under it or scores
+    it differently from a single particle (checked once, with every particle at q's location; a ``BatchNorm1d(n)``
+    decoder takes a batch of ``n`` datapoints with a particle dimension without an error, and misreads it), every
+    call from then on draws the particles one at a time. A model that draws random numbers of its own (dropout)
+    fails that check too, and is given one particle at a time.
 
     Calls take the fast path (see the module docstring) unless ``fast=False``; both give the same values
     from the same random draws, and :meth:`trace` always takes the general path.
@@ -246,6 +261,7 @@ class InnerELBO:
         self.num_particles = num_particles
         self.fast = fast and not layout.enumerated_names  # enumeration needs a trace to contract
         self.vectorize = vectorize
+        self._vectorizing_checked = vectorize is not None
         self.antithetic = bool(antithetic)
         if self.antithetic and (num_particles % 2 or not self.fast):
             raise ValueError(
@@ -316,11 +332,17 @@ class InnerELBO:
         batch: Batch,
         global_values: dict[str, torch.Tensor],
         check_data: bool = False,
-        mirror: dict[str, torch.Tensor] | None = None,
-    ) -> tuple[torch.Tensor, Trace, dict[str, torch.Tensor]]:
+        mirror: tuple[dict[str, torch.Tensor], torch.Tensor] | None = None,
+        at_location: bool = False,
+        plain: bool = False,
+    ) -> tuple[torch.Tensor, Trace, tuple[dict[str, torch.Tensor], torch.Tensor]]:
         """The fast path: ``([particles,] batch)`` log-weights ``log p - log q``, the kept model sites and, with
-        ``antithetic``, each site's unconstrained draw (whose mirror image ``mirror`` asks for instead of a draw)."""
-        dim = self.particle_dim
+        ``antithetic``, each site's unconstrained draw and the random-number state the model ran from. ``mirror``
+        (such a pair) asks for the draws' mirror images instead of new draws, and runs the model from that state again,
+        so that the model's own randomness (dropout masks) is the same for both halves of the pair.
+        ``at_location`` puts every particle at q's location (no draw); ``plain`` runs one particle without a particle
+        plate."""
+        dim = None if plain else self.particle_dim
         values, log_q, draws = dict(global_values), {}, {}
         for site in self.layout.local_sites:
             # Drawn as the inner guide's plates would draw it: expanded over the particles, then rsample(). q's
@@ -328,34 +350,47 @@ class InnerELBO:
             q = site.distribution(*params[site.name], validate_args=False)
             if dim is not None:
                 shape = (1,) * (-dim - len(q.batch_shape)) + tuple(q.batch_shape)
-                if self.antithetic:  # half the particles drawn, then mirrored about q's location
+                if self.antithetic and not at_location:  # half the particles drawn, then mirrored about q's location
                     half = _base(q).expand(shape[:dim] + (self.num_particles // 2,) + shape[dim + 1 :])
                     first = half.rsample()
                     draws[site.name] = torch.cat([first, _mirrored(half, first)], dim=len(shape) + dim)
                 q = q.expand(shape[:dim] + (self.num_particles,) + shape[dim + 1 :])
             elif mirror is not None:
-                draws[site.name] = _mirrored(_base(q), mirror[site.name])
-            elif self.antithetic:
+                draws[site.name] = _mirrored(_base(q), mirror[0][site.name])
+            elif self.antithetic and not at_location:
                 draws[site.name] = _base(q).rsample()
+            if at_location:
+                draws[site.name] = _base(q).mean
             value = q.rsample() if site.name not in draws else _push_forward(q, draws[site.name])
             values[site.name] = value
             log_q[site.name] = _per_datapoint(q.log_prob(value), self.layout.plate.dim, dim)
         check = self.layout.observed_sites if check_data else ()
         scorer = ReplayScorer(values, batch, self.layout.plate, dim, self._keep, check)
+        rng_state = None
+        if self.antithetic and dim is None:  # the model's own draws (dropout) repeat for the pair's second half
+            device = next(iter(values.values())).device
+            rng_state = _rng_state(device)
+            if mirror is not None:
+                _set_rng_state(device, mirror[1])
         with poutine.block(), self._particles(dim), scorer:
             self.model(*args, **kwargs)
         if scorer.log_density is None:
             raise ValueError(f"No sample site of the model lies inside the plate '{self.layout.plate_name}'.")
         for name in self.layout.masked_names:  # q counts where the model counts the site
             log_q[name] = _mask_log_q(log_q[name], scorer.trace.nodes[name], self.layout.plate.dim, len(batch))
-        return scorer.log_density - sum(log_q.values()), scorer.trace, draws
+        return scorer.log_density - sum(log_q.values()), scorer.trace, (draws, rng_state)
 
     def _log_weights(self, args, kwargs, params, batch, global_values, check_data=False) -> tuple[torch.Tensor, Trace]:
         """``([particles,] batch)`` log-weights (the particle dim when there are several) and a model trace."""
         if self.num_particles > 1 and self.vectorize is None:
+            device = next(iter(params.values()))[0].device
+            state = _rng_state(device)  # a failed try draws nothing: common random numbers stay common
             try:
+                if not self._vectorizing_checked:
+                    self._check_vectorizing(args, kwargs, params, batch, global_values, device, state)
                 return self._log_weights_once(args, kwargs, params, batch, global_values, check_data)
             except (RuntimeError, ValueError, IndexError):  # e.g. a decoder that takes (batch, features) only
+                _set_rng_state(device, state)
                 self.vectorize = False  # from now on, one particle at a time (a genuine error is raised again there)
         if self.num_particles > 1 and self.vectorize is False and self.antithetic:  # pairs, one particle at a time
             weights, trace = [], None
@@ -370,6 +405,29 @@ class InnerELBO:
                     for i in range(self.num_particles)]
             return torch.stack([weights for weights, _ in runs]), runs[0][1]
         return self._log_weights_once(args, kwargs, params, batch, global_values, check_data)
+
+    def _check_vectorizing(self, args, kwargs, params, batch, global_values, device, state) -> None:
+        """Raise ``ValueError`` unless the model scores particles in a particle plate as it scores one particle
+        without it. Some models take the extra dimension without an error and misread it: ``BatchNorm1d(n)`` reads
+        ``(particles, batch, n)`` as ``(N, C, L)`` when the batch has ``n`` datapoints, and normalises over the
+        particles and features instead of the batch. Checked once, at q's location, from the random-number state
+        ``state`` of ``device`` (and left there): a model that draws (dropout) gives other values from other shapes,
+        and its particles are drawn one at a time."""
+        if not self.fast:  # the general path (enumerated sites) is not checked
+            self._vectorizing_checked = True
+            return
+        try:
+            with torch.no_grad():
+                one = self._score(args, kwargs, params, batch, global_values, at_location=True, plain=True)[0]
+                _set_rng_state(device, state)
+                many = self._score(args, kwargs, params, batch, global_values, at_location=True)[0]
+        finally:
+            _set_rng_state(device, state)
+        if many.shape != (self.num_particles,) + one.shape or not torch.allclose(
+            many, one.expand_as(many), rtol=1e-4, atol=1e-3
+        ):
+            raise ValueError("the model scores a particle plate differently from one particle")
+        self._vectorizing_checked = True
 
     def _log_weights_once(self, args, kwargs, params, batch, global_values, check_data) -> tuple[torch.Tensor, Trace]:
         if self.fast:

@@ -13,6 +13,7 @@ from pyro.infer import SVI, Predictive, Trace_ELBO, TraceMeanField_ELBO
 from pyro_iterative import (
     AmortizedGuide,
     IterativeGuide,
+    ModelPasses,
     OptimizingGuide,
     PerDatapointGuide,
     SemiAmortizedGuide,
@@ -264,6 +265,11 @@ def test_inference_costs(linear_gaussian):
     assert (cost.forward, cost.backward) == (12, 4)
     cost = SemiAmortizedGuide(model, num_steps=4, observe=observe, adaptive=False).inference_cost()
     assert (cost.forward, cost.backward) == (4, 4)
+    # every particle is a pass through the model
+    assert IterativeGuide(model, num_iterations=5, num_particles=4).inference_cost() == ModelPasses(20, 20)
+    assert AmortizedGuide(model, num_particles=4).inference_cost() == ModelPasses(1, 0)  # reads the data once
+    cost = SemiAmortizedGuide(model, num_steps=4, observe=observe, num_particles=2).inference_cost()
+    assert (cost.forward, cost.backward) == (4 * 18, 8)
 
 
 def test_counted_model_passes_match_the_reported_cost(linear_gaussian):
@@ -286,6 +292,32 @@ def test_counted_model_passes_match_the_reported_cost(linear_gaussian):
             guide(x_train[:4])
         # every full model run is one forward pass; the first call only locates the batch (stops early)
         assert len(calls) - 1 == guide.inference_cost().forward
+
+
+def test_every_particle_is_counted_as_a_model_pass():
+    calls = []
+
+    def model(x):  # takes (batch, features) only: the particles are drawn one model call each
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            if z.dim() != 2:
+                raise ValueError("(batch, features) only")
+            calls.append(None)
+            pyro.sample("x", dist.Normal(z.sum(-1, keepdim=True), 1.0).to_event(1), obs=x)
+
+    x = torch.randn(4, 1)
+    for guide in (
+        IterativeGuide(model, num_iterations=2, hidden_sizes=(8,), num_particles=3),
+        IterativeGuide(model, num_iterations=2, hidden_sizes=(8,), num_particles=2, antithetic=True),
+        AmortizedGuide(model, hidden_sizes=(8,), num_particles=2),
+        SemiAmortizedGuide(model, num_steps=2, hidden_sizes=(8,), num_particles=2, test_particles=1),
+    ):
+        with torch.no_grad():
+            guide(x)  # the first call finds that the particles cannot be vectorized
+            calls.clear()
+            guide(x)
+        # the first model call only locates the batch (it stops before the latent site)
+        assert len(calls) == guide.inference_cost().forward, type(guide).__name__
 
 
 def test_matched_amortized_guide_is_within_five_percent(linear_gaussian):

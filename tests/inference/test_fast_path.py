@@ -36,7 +36,7 @@ def awkward_model(x, subsample_size=None):
             pyro.sample("y", dist.Normal(z.sum(-1), 2.0), obs=x[idx, 0])
         pyro.factor("penalty", -0.1 * z.pow(2).sum(-1))
         with pyro.plate("features", 3, dim=-2):
-            pyro.sample("u", dist.Normal(rate.unsqueeze(-2), 1.0), obs=x[idx].T)
+            pyro.sample("u", dist.Normal(rate, 1.0), obs=x[idx].T)  # rate broadcasts over the features
 
 
 def linear_gaussian():

@@ -127,3 +127,68 @@ def test_antithetic_pairs_one_particle_at_a_time_for_a_decoder_that_takes_only_b
                                  loc)[0] for _ in range(2)]
     assert inner.vectorize is False  # the plate failed, the pairs were drawn one particle at a time
     assert torch.allclose(grads[0], grads[1], atol=1e-9)  # log p is quadratic in z: exact location gradients
+
+
+def test_antithetic_halves_share_the_models_dropout_masks_and_pairs_do_not():
+    import pyro
+    import pyro.distributions as dist
+
+    masks = []
+
+    def model(x):  # a decoder with dropout that takes (batch, features) only
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(3, dtype=x.dtype), 1.0).to_event(1))
+            if z.dim() != 2:
+                raise ValueError("(batch, features) only")
+            kept = torch.nn.functional.dropout(torch.ones_like(z), p=0.5, training=True)
+            masks.append(kept != 0)
+            pyro.sample("x", dist.Normal(kept * z, 0.5).to_event(1), obs=x)
+
+    x = torch.randn(50, 3, dtype=torch.float64)
+    layout = discover_sites(poutine.trace(model).get_trace(x))
+    inner = InnerELBO(model, layout, num_particles=4, antithetic=True, vectorize=False)
+    loc, scale = torch.zeros(50, 3, dtype=torch.float64), torch.full((50, 3), 0.5, dtype=torch.float64)
+    masks.clear()
+    inner((x,), {}, {"z": (loc, scale)}, Batch(torch.arange(50), 50), {})
+    assert len(masks) == 4
+    assert torch.equal(masks[0], masks[1]) and torch.equal(masks[2], masks[3])  # a draw and its mirror: one mask
+    assert not torch.equal(masks[0], masks[2])  # the next pair draws afresh
+
+
+@pytest.mark.parametrize("batch_size", [5, 6])
+def test_a_batch_norm_decoder_that_misreads_a_particle_dimension_gets_one_particle_at_a_time(batch_size):
+    import pyro
+    import pyro.distributions as dist
+
+    norm = torch.nn.BatchNorm1d(6).double()  # train mode: batch statistics over dim 0
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(6, dtype=x.dtype), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(norm(z), 0.5).to_event(1), obs=x)
+
+    # with 6 datapoints BatchNorm1d(6) takes (particles, 6, 6) as (N, C, L) without an error: checked, not trusted
+    x = torch.randn(batch_size, 6, dtype=torch.float64)
+    layout = discover_sites(poutine.trace(model).get_trace(x))
+    loc = torch.randn(batch_size, 6, dtype=torch.float64)
+    scale = torch.full((batch_size, 6), 0.5, dtype=torch.float64)
+    batch = Batch(torch.arange(batch_size), batch_size)
+    inner = InnerELBO(model, layout, num_particles=3)
+    pyro.set_rng_seed(0)
+    state = torch.get_rng_state()
+    inner((x,), {}, {"z": (loc, scale)}, batch, {})
+    assert inner.vectorize is False
+    one_at_a_time = InnerELBO(model, layout, num_particles=3, vectorize=False)
+    torch.set_rng_state(state)  # the check draws nothing: the same particles as one at a time from the start
+    expected = one_at_a_time((x,), {}, {"z": (loc, scale)}, batch, {})[0]
+    torch.set_rng_state(state)
+    assert torch.allclose(InnerELBO(model, layout, num_particles=3)((x,), {}, {"z": (loc, scale)}, batch, {})[0],
+                          expected)
+
+
+def test_a_model_that_vectorizes_keeps_its_particle_plate(setting):
+    model, x, layout, loc, scale = setting
+    inner = InnerELBO(model, layout, num_particles=4)
+    _, trace = inner((x,), {}, {"z": (loc, scale)}, Batch(torch.arange(len(x)), len(x)), {})
+    assert inner.vectorize is None and inner.particle_dim is not None
+    assert trace.nodes["z"]["value"].shape[0] == 4
