@@ -20,7 +20,6 @@ __all__ = [
     "CONSTRAINED_LOG_SCALE_RANGE",
     "LOG_SCALE_RANGE",
     "LocalParams",
-    "clamp_passing_gradient",
     "initial_lambda",
     "local_params",
 ]
@@ -56,22 +55,10 @@ def initial_lambda(
     return lam
 
 
-def clamp_passing_gradient(value: torch.Tensor, low: float, high: float) -> torch.Tensor:
-    """``value.clamp(low, high)`` whose gradient is that of the clamped value, passed on to ``value`` as if there
-    were no clamp (a straight-through clamp): q's scale stays in range, and the ELBO's gradient with respect to it
-    still reaches a log-scale that went out of range (a plain clamp gives it none, so nothing would bring it back).
-
-    Usage::
-
-        log_scale = clamp_passing_gradient(raw, -9.0, 5.0)
-    """
-    return value + (value.clamp(low, high) - value).detach()
-
-
 def local_params(layout: SiteLayout, lam: dict[str, torch.Tensor]) -> LocalParams:
     """Split each site's lambda into q's ``(loc, scale)``, clamping log-scales to :data:`LOG_SCALE_RANGE`
     (real-valued sites) or :data:`CONSTRAINED_LOG_SCALE_RANGE` (the others, whose locations are also bounded
-    smoothly by :data:`CONSTRAINED_LOC_BOUND`). The clamp passes the gradient on (:func:`clamp_passing_gradient`).
+    smoothly by :data:`CONSTRAINED_LOC_BOUND`).
 
     Usage::
 
@@ -81,8 +68,8 @@ def local_params(layout: SiteLayout, lam: dict[str, torch.Tensor]) -> LocalParam
     for site in layout.local_sites:
         loc, log_scale = lam[site.name].split(site.size, dim=-1)
         if site.is_real:
-            params[site.name] = (loc, clamp_passing_gradient(log_scale, *LOG_SCALE_RANGE).exp())
+            params[site.name] = (loc, log_scale.clamp(*LOG_SCALE_RANGE).exp())
         else:
             loc = CONSTRAINED_LOC_BOUND * torch.tanh(loc / CONSTRAINED_LOC_BOUND)
-            params[site.name] = (loc, clamp_passing_gradient(log_scale, *CONSTRAINED_LOG_SCALE_RANGE).exp())
+            params[site.name] = (loc, log_scale.clamp(*CONSTRAINED_LOG_SCALE_RANGE).exp())
     return params
