@@ -89,6 +89,9 @@ class IterativeGuide(LocalGuide):
     :param bool highway: the update networks' hidden-to-hidden layers are highway layers
         (:class:`~pyro_iterative.inference.networks.Highway`, as in the paper's reference code) instead of Linear + ELU;
         ``hidden_sizes`` must then be two or more equal widths (the default's are).
+    :param bool normalize_hidden: standardise the update networks' hidden activations per datapoint (see
+        :class:`~pyro_iterative.inference.networks.GatedUpdate`), so that their gates cannot saturate on inputs of
+        large magnitude; no parameters are added.
     :param int num_particles: samples per datapoint in the inner ELBO estimate.
     :param bool low_memory: keep only each update's inputs (lambda, the raw gradient) for the backward pass
         and recompute the update networks' activations there (``torch.utils.checkpoint``): training
@@ -109,6 +112,7 @@ class IterativeGuide(LocalGuide):
         data_encoding: str = "symlog",
         small_init: bool = False,
         highway: bool = False,
+        normalize_hidden: bool = False,
         num_particles: int = 1,
         low_memory: bool = False,
         **kwargs,
@@ -127,6 +131,7 @@ class IterativeGuide(LocalGuide):
         self.data_encoding = data_encoding
         self.small_init = bool(small_init)
         self.highway = bool(highway)
+        self.normalize_hidden = bool(normalize_hidden)
         self.low_memory = bool(low_memory)
 
     _refinement_gives_masks = True
@@ -168,7 +173,7 @@ class IterativeGuide(LocalGuide):
             constant = layout.data_size if "data" in self.encode else 0
             hidden = hidden_sizes or (auto_width(layout.data_size + width),) * DEFAULT_HIDDEN_LAYERS
             updates.append(GatedUpdate(inputs, width, hidden, constant_features=constant, small_init=self.small_init,
-                                       highway=self.highway))
+                                       highway=self.highway, normalize_hidden=self.normalize_hidden))
         return nn.ModuleList(updates)
 
     def _setup_networks(self, layout: SiteLayout) -> None:

@@ -77,7 +77,7 @@ class SequentialIterativeGuide(IterativeGuide):
         ``hidden_sizes`` (by default two layers of :func:`~pyro_iterative.inference.networks.auto_width` of what one
         step's network reads and writes), ``encode`` (``"gradient"`` and/or ``"data"``: the step's own observations
         and the observed sites that have no step), ``gradient_encoding``, ``data_encoding``, ``small_init``,
-        ``highway``, ``num_particles`` (samples per sequence), and those of
+        ``highway``, ``normalize_hidden``, ``num_particles`` (samples per sequence), and those of
         :class:`~pyro_iterative.guides.base.LocalGuide`.
     """
 
@@ -113,7 +113,7 @@ class SequentialIterativeGuide(IterativeGuide):
             constant = group.data_size if "data" in self.encode else 0
             hidden = hidden_sizes or (auto_width(group.data_size + width),) * DEFAULT_HIDDEN_LAYERS
             updates.append(GatedUpdate(inputs, width, hidden, constant_features=constant, small_init=self.small_init,
-                                       highway=self.highway))
+                                       highway=self.highway, normalize_hidden=self.normalize_hidden))
         return nn.ModuleList(updates)
 
     def _setup_networks(self, layout: SiteLayout) -> None:

@@ -12,6 +12,7 @@ from typing import Sequence
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 __all__ = [
     "DEFAULT_HIDDEN_LAYERS",
@@ -143,13 +144,18 @@ class GatedUpdate(nn.Module):
         instead of Linear + ELU: ``hidden_sizes`` must then be two or more equal widths, e.g. ``(512, 512)``, and each
         such layer has ``width ** 2 + width`` more parameters (its transform gate). ``False`` builds the same layers,
         with the same parameter names, as before the option existed.
+    :param normalize_hidden: standardise the first layer's pre-activations and the last hidden layer's outputs per
+        datapoint (layer normalisation without parameters; no datapoint depends on its batch-mates), so that what
+        the gate and the proposal read stays of unit scale however large the inputs (log-magnitudes of gradients,
+        raw counts) and so that the gate cannot saturate for lack of it. No parameters are added.
     """
 
     def __init__(
         self, in_features: int, out_features: int, hidden_sizes: Sequence[int] = (512, 512), constant_features: int = 0,
-        *, small_init: bool = False, highway: bool = False,
+        *, small_init: bool = False, highway: bool = False, normalize_hidden: bool = False,
     ) -> None:
         super().__init__()
+        self.normalize_hidden = bool(normalize_hidden)
         hidden_sizes = tuple(hidden_sizes)
         if not hidden_sizes or min(hidden_sizes) < 1:
             raise ValueError(f"hidden_sizes must be one or more positive widths, e.g. (512, 512), got {hidden_sizes}.")
@@ -184,6 +190,10 @@ class GatedUpdate(nn.Module):
             if projected is None:
                 raise ValueError("This update network reads a constant input: pass projected=net.project(constant).")
             first = first + projected
+        if self.normalize_hidden:
+            first = F.layer_norm(first, first.shape[-1:])
         hidden = self.body(first)
+        if self.normalize_hidden:
+            hidden = F.layer_norm(hidden, hidden.shape[-1:])
         gate = torch.sigmoid(self.gate(hidden))
         return gate * lam + (1 - gate) * self.delta(hidden)

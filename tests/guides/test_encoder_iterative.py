@@ -220,6 +220,23 @@ def test_highway_reaches_the_encoder_guide_and_the_sequential_guide():
     assert [n for n, _ in built.named_parameters()] == [n for n, _ in sequential.update_nets.named_parameters()]
 
 
+def test_normalised_hidden_layers_reach_every_iterative_guide_and_add_no_parameters(linear_gaussian):
+    model, x_train, _ = linear_gaussian
+    plain = IterativeGuide(model, hidden_sizes=(16, 16)).setup(x_train[:2])
+    pyro.clear_param_store()
+    guide = IterativeGuide(model, hidden_sizes=(16, 16), num_iterations=2, normalize_hidden=True).setup(x_train[:2])
+    assert inference_parameters(guide) == inference_parameters(plain)
+    assert all(net.normalize_hidden for net in guide.update_nets) and not plain.update_nets[0].normalize_hidden
+    losses = train(model, guide, x_train, steps=5, subsample_size=32)
+    assert torch.isfinite(torch.tensor(losses)).all()
+    assert small_guide(model, normalize_hidden=True).setup(x_train[:2]).update_nets[0].normalize_hidden
+    torch.manual_seed(0)
+    dmm = DMM(data_dim=4, z_dim=3, transition_dim=8, emission_dim=8).to(torch.float64)
+    sequences, lengths = synthetic_sequences(4, max_length=5, data_dim=4, seed=0, dtype=torch.float64)
+    sequential = SequentialIterativeGuide(dmm, hidden_sizes=(8, 8), normalize_hidden=True).setup(sequences, lengths)
+    assert sequential.update_nets[0].normalize_hidden
+
+
 # ---------------------------------------------------------------------------------------------- matching
 
 

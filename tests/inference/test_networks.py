@@ -121,3 +121,27 @@ def test_default_update_keeps_its_parameter_names():
         "input.weight", "input.bias", "constant.weight", "body.1.weight", "body.1.bias", "body.3.weight", "body.3.bias",
         "gate.weight", "gate.bias", "delta.weight", "delta.bias",
     ]
+
+
+# ------------------------------------------------------------------------------------------- normalised hidden layers
+
+
+def test_normalised_hidden_layers_keep_the_gate_off_its_limits_on_inputs_of_any_scale():
+    torch.manual_seed(0)
+    plain = GatedUpdate(in_features=6, out_features=4, hidden_sizes=(32, 32), constant_features=5).double()
+    normalised = GatedUpdate(in_features=6, out_features=4, hidden_sizes=(32, 32), constant_features=5,
+                             normalize_hidden=True).double()
+    normalised.load_state_dict(plain.state_dict())  # no parameters added: the same weights
+    inputs, constant = 1e3 * torch.randn(50, 6, dtype=torch.float64), torch.randn(50, 5, dtype=torch.float64)
+    lam = torch.zeros(50, 4, dtype=torch.float64)
+    gates = {}
+    for name, net in (("plain", plain), ("normalised", normalised)):
+        hidden = []
+        net.gate.register_forward_hook(lambda module, args, out: hidden.append(torch.sigmoid(out)))
+        net(inputs, lam, net.project(constant))
+        gates[name] = hidden[0]
+    assert ((gates["plain"] < 1e-6) | (gates["plain"] > 1 - 1e-6)).float().mean() > 0.5  # saturated
+    assert ((gates["normalised"] > 1e-3) & (gates["normalised"] < 1 - 1e-3)).all()
+    # per datapoint: a row's update does not depend on its batch-mates
+    alone = normalised(inputs[:1], lam[:1], normalised.project(constant[:1]))
+    torch.testing.assert_close(alone, normalised(inputs, lam, normalised.project(constant))[:1], rtol=1e-12, atol=1e-12)
