@@ -90,8 +90,8 @@ class OptimizingGuide(LocalGuide):
         return self._like
 
     def inference_cost(self, num_iterations: int | None = None) -> ModelPasses:
-        """``num_steps`` forward and backward passes per datapoint and particle (one more forward pass per particle to
-        read the masks of a model that masks local sites)."""
+        """``num_steps`` forward and backward passes per datapoint and particle (one more forward pass, of one particle,
+        to read the masks of a model that masks local sites)."""
         steps = self.num_steps if num_iterations is None else num_iterations
         passes = steps * self.num_particles
         return ModelPasses(forward=passes + self._reads_masks_by_running_the_model(), backward=passes)
