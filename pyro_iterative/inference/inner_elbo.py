@@ -387,7 +387,7 @@ class InnerELBO:
             state = _rng_state(device)  # a failed try draws nothing: common random numbers stay common
             try:
                 if not self._vectorizing_checked:
-                    self._check_vectorizing(args, kwargs, params, batch, global_values, device, state)
+                    self._check_vectorizing(args, kwargs, params, batch, global_values)
                 return self._log_weights_once(args, kwargs, params, batch, global_values, check_data)
             except (RuntimeError, ValueError, IndexError):  # e.g. a decoder that takes (batch, features) only
                 _set_rng_state(device, state)
@@ -406,23 +406,23 @@ class InnerELBO:
             return torch.stack([weights for weights, _ in runs]), runs[0][1]
         return self._log_weights_once(args, kwargs, params, batch, global_values, check_data)
 
-    def _check_vectorizing(self, args, kwargs, params, batch, global_values, device, state) -> None:
+    def _check_vectorizing(self, args, kwargs, params, batch, global_values) -> None:
         """Raise ``ValueError`` unless the model scores particles in a particle plate as it scores one particle
         without it. Some models take the extra dimension without an error and misread it: ``BatchNorm1d(n)`` reads
         ``(particles, batch, n)`` as ``(N, C, L)`` when the batch has ``n`` datapoints, and normalises over the
-        particles and features instead of the batch. Checked once, at q's location, from the random-number state
-        ``state`` of ``device`` (and left there): a model that draws (dropout) gives other values from other shapes,
-        and its particles are drawn one at a time."""
+        particles and features instead of the batch. Checked once, at q's location, both runs from the present
+        random-number state (which it leaves as it was): a model that draws (dropout) gives other values from other
+        shapes, and its particles are drawn one at a time."""
         if not self.fast:  # the general path (enumerated sites) is not checked
             self._vectorizing_checked = True
             return
-        try:
-            with torch.no_grad():
+        device = next(iter(params.values()))[0].device
+        devices = [device] if device.type == "cuda" else []
+        with torch.no_grad():
+            with torch.random.fork_rng(devices=devices):
                 one = self._score(args, kwargs, params, batch, global_values, at_location=True, plain=True)[0]
-                _set_rng_state(device, state)
+            with torch.random.fork_rng(devices=devices):
                 many = self._score(args, kwargs, params, batch, global_values, at_location=True)[0]
-        finally:
-            _set_rng_state(device, state)
         if many.shape != (self.num_particles,) + one.shape or not torch.allclose(
             many, one.expand_as(many), rtol=1e-4, atol=1e-3
         ):
