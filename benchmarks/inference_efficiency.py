@@ -93,7 +93,7 @@ def main() -> None:
     x = torch.bernoulli(split.x_test[:datapoints]).to(args.device)
     pyro.clear_param_store()
     model = VAE(data_dim=784, latent_dim=64).to(args.device)
-    guide = IterativeGuide(model, num_iterations=K).setup(x[:TRAIN_BATCH])
+    guide = IterativeGuide(model, num_iterations=K, num_particles=1).setup(x[:TRAIN_BATCH])  # as recorded
     train_s = train(model, guide, split.x_train, epochs, args.device)
     with torch.no_grad():
         estimates = torch.stack([guide.elbo_trajectory(x)[-1].mean() for _ in range(5)])

@@ -138,6 +138,7 @@ def build(cfg: dict, seed: int, device: str = "cpu", **guide_options):
     pyro.clear_param_store()
     torch.manual_seed(seed)
     model = VAE(data_dim=cfg["data_dim"], latent_dim=cfg["latent_dim"], hidden_sizes=cfg["decoder"]).to(device)
+    guide_options.setdefault("num_particles", 1)  # one draw per iteration, as the plain reference takes
     guide = IterativeGuide(model, num_iterations=cfg["K"], hidden_sizes=cfg["update"], **guide_options)
     x = torch.bernoulli(torch.full((cfg["batch"], cfg["data_dim"]), 0.3)).to(device)
     guide.setup(x)

@@ -71,6 +71,8 @@ _PARSERS: dict[str, dict[str, Any]] = {
     "lr": {"type": _positive_float},
     "inner_lr": {"type": _positive_float},
     "highway": {"action": "store_true"},
+    "normalize_hidden": {"action": argparse.BooleanOptionalAction},
+    "antithetic": {"action": argparse.BooleanOptionalAction},
     "seed": {"type": int},
 }
 
@@ -323,7 +325,7 @@ def _run(parser: argparse.ArgumentParser, train_parser: argparse.ArgumentParser,
         run_dir = Path(args.out)
         if not run_dir_config(run_dir).is_file():
             parser.error(f"{run_dir} holds no run (no config.json); train or compare first")
-        config = RunConfig(**json.loads(run_dir_config(run_dir).read_text()))
+        config = RunConfig.from_saved(json.loads(run_dir_config(run_dir).read_text()))
         config.methods = tuple(m for m in config.methods if (run_dir / m / "checkpoint.pt").exists())
         if not config.methods:
             parser.error(f"{run_dir} holds no trained method (no <method>/checkpoint.pt)")

@@ -21,6 +21,7 @@ from .checkpoints import write_json
 from .registry import METHODS, MODELS
 
 __all__ = [
+    "ADDED_SETTINGS",
     "RunConfig",
     "RunDirError",
     "default_device",
@@ -118,6 +119,18 @@ class RunConfig:
     highway: bool = option(
         False, help="the iterative update networks' hidden-to-hidden layers are highway layers, as in the paper's code"
     )
+    normalize_hidden: bool | None = option(
+        None,
+        help="standardise the iterative update networks' hidden activations per datapoint (default: on for models of "
+        "independent datapoints, off for sequence models, as the guides' defaults; --no-normalize-hidden: the "
+        "networks of every record made before it was a default, e.g. the tuning study's)",
+    )
+    antithetic: bool | None = option(
+        None,
+        help="the iterative guides estimate each iteration's gradient from an antithetic pair of particles (default: "
+        "on for models of independent datapoints, off for sequence models, as the guides' defaults; "
+        "--no-antithetic: one particle, as in the paper and every record made before it was a default)",
+    )
     inner_lr: float | None = option(
         None,
         help="step size of a method's inner optimization: the semi-amortized guide's initial step size (default 0.1) "
@@ -164,6 +177,10 @@ class RunConfig:
             self.latent_dim = spec.latent_dim
         if self.hidden is None:
             self.hidden = spec.hidden
+        if self.normalize_hidden is None:
+            self.normalize_hidden = not spec.sequential
+        if self.antithetic is None:
+            self.antithetic = not spec.sequential
         if self.patience is not None and self.validation is None:
             raise ValueError("Early stopping (patience) reads the validation ELBO, never the test set's: give a "
                              "validation set as well (--validation N, e.g. 500).")
@@ -176,30 +193,47 @@ class RunConfig:
 
     def training_key(self, method: str) -> dict:
         """The settings a method's checkpoint must agree with to be resumed (settings added after the first release
-        count only when they differ from their defaults, so that earlier checkpoints stay resumable)."""
+        count only when they differ from what earlier checkpoints were made with, :data:`ADDED_SETTINGS`, so that
+        those stay resumable with those settings)."""
         keys = ("model", "dataset", "binarize", "epochs", "iterations", "batch_size", "lr", "latent_dim", "hidden",
                 "seed", "train_size")
-        added = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name in _ADDED_TRAINING_KEYS
-                 and getattr(self, f.name) != f.default}
+        added = {name: getattr(self, name) for name, before in ADDED_SETTINGS.items() if getattr(self, name) != before}
         return {"method": method, "encode": list(self.encode), **{k: getattr(self, k) for k in keys}, **added}
 
+    @classmethod
+    def from_saved(cls, saved: dict[str, Any]) -> "RunConfig":
+        """The config of a saved ``config.json``; a setting it lacks was added later and is read as what runs were
+        made with before (:data:`ADDED_SETTINGS`), not as today's default.
 
-#: Training settings that a checkpoint written before they existed does not record (read as their defaults).
-_ADDED_TRAINING_KEYS = ("validation", "patience", "depth", "highway", "inner_lr", "reference_steps")
+        Usage::
+
+            config = RunConfig.from_saved(json.loads(run_dir_config("runs/a").read_text()))
+        """
+        return cls(**(ADDED_SETTINGS | saved))
+
+
+#: Settings added to :class:`RunConfig` after the first release, with the value every run written before them was made
+#: with: a file that lacks one is read as this value (a default may since have changed: ``normalize_hidden``,
+#: ``antithetic``).
+ADDED_SETTINGS: dict[str, Any] = {
+    "validation": None, "patience": None, "depth": 2, "highway": False, "normalize_hidden": False, "antithetic": False,
+    "inner_lr": None, "reference_steps": 50,
+}
 
 
 def settings_differing(saved: dict[str, Any], current: dict[str, Any], ignore: tuple[str, ...] = ()) -> list[str]:
     """The names of the settings in which a saved run (or study) and the current one differ, sorted, ``ignore`` aside.
 
-    A setting that the saved file lacks was added to :class:`RunConfig` after the file was written: it counts as its
-    default, so that runs started by an older version resume (unless the current value is another).
+    A setting that the saved file lacks was added to :class:`RunConfig` after the file was written: it counts as the
+    value runs were made with before (:data:`ADDED_SETTINGS`, else its default), so that runs started by an older
+    version resume unless the current value is another.
 
     Usage::
 
         settings_differing(json.loads(path.read_text()), config.to_dict(), ignore=("methods",))   # [] if the same
     """
     defaults = {f.name: f.default for f in dataclasses.fields(RunConfig) if f.default is not dataclasses.MISSING}
-    saved = defaults | saved
+    saved = defaults | ADDED_SETTINGS | saved
     return sorted(k for k in set(saved) | set(current) if k not in ignore and saved.get(k) != current.get(k))
 
 

@@ -143,7 +143,14 @@ def _iterative_guide(model: Callable, config: "RunConfig") -> IterativeGuide | S
     (for a sequence model, one such network shared by every time step)."""
     guide_class = SequentialIterativeGuide if MODELS[config.model].sequential else IterativeGuide
     return guide_class(model, num_iterations=config.iterations, hidden_sizes=(config.hidden,) * 2,
-                       encode=config.encode)
+                       encode=config.encode, **_update_options(config))
+
+
+def _update_options(config: "RunConfig") -> dict:
+    """The iterative guides' settings that the run fixes: normalised hidden layers, and one antithetic pair of particles
+    (independent ones on a model with enumerated sites, where pairs cannot be drawn) or one particle."""
+    return {"normalize_hidden": config.normalize_hidden, "num_particles": 2 if config.antithetic else 1,
+            "antithetic": None if config.antithetic else False}
 
 
 def _refuse_sequential(config: "RunConfig", method: str) -> None:
@@ -159,7 +166,8 @@ def _build_iterative(model: Callable, x: torch.Tensor, config: "RunConfig") -> I
     _refuse_sequential(config, "iterative with --highway or --depth")
     return matched_iterative_guide(
         model, reference, x, num_layers=config.depth, **_probe(x, config),
-        guide_options={"num_iterations": config.iterations, "encode": config.encode, "highway": config.highway})
+        guide_options={"num_iterations": config.iterations, "encode": config.encode, "highway": config.highway,
+                       **_update_options(config)})
 
 
 def _build_encoder_iterative(model: Callable, x: torch.Tensor, config: "RunConfig") -> EncoderIterativeGuide:
@@ -167,7 +175,7 @@ def _build_encoder_iterative(model: Callable, x: torch.Tensor, config: "RunConfi
     return matched_iterative_guide(
         model, _iterative_guide(model, config), x, guide_class=EncoderIterativeGuide, num_layers=config.depth,
         guide_options={"num_iterations": config.iterations, "encode": config.encode, "highway": config.highway,
-                       "observe": _observe(config)}, **_probe(x, config))
+                       **_update_options(config), "observe": _observe(config)}, **_probe(x, config))
 
 
 def _build_standard(model: Callable, x: torch.Tensor, config: "RunConfig") -> AmortizedGuide:
@@ -225,11 +233,11 @@ METHODS.register(MethodSpec(
 ))
 METHODS.register(MethodSpec(
     "iterative", lambda config: f"Iterative (K={config.iterations})", _build_iterative,
-    options=("iterations", "hidden", "encode", "depth", "highway"), figures=True,
+    options=("iterations", "hidden", "encode", "depth", "highway", "normalize_hidden", "antithetic"), figures=True,
 ))
 METHODS.register(MethodSpec(
     "encoder_iterative", lambda config: f"Encoder + iterative (K={config.iterations})", _build_encoder_iterative,
-    options=("iterations", "hidden", "encode", "depth", "highway"),
+    options=("iterations", "hidden", "encode", "depth", "highway", "normalize_hidden", "antithetic"),
 ))
 METHODS.register(MethodSpec(
     "semi_amortized", lambda config: f"Semi-amortized (K={config.iterations})", _build_semi_amortized,

@@ -185,10 +185,12 @@ class LocalGuide(AutoGuide):
         as it runs instead of building Pyro traces; ``False`` takes the general path through
         ``poutine.trace``/``poutine.replay``. Both give the same values from the same random draws
         (see :mod:`pyro_iterative.inference.inner_elbo`); the general path is there to check the fast one.
-    :param bool antithetic: draw the internal ELBO's particles in antithetic pairs (a draw and its mirror image about
-        q's location; see :class:`~pyro_iterative.inference.inner_elbo.InnerELBO`): ``num_particles`` must be even.
-        Off by default; on the model zoo it improved the iterative guide on MNIST by 3 nats and removed most drops
-        between iterations, but did worse on a Gamma-Poisson model at Adam 3e-3 (``docs/defaults.md``).
+    :param antithetic: draw the internal ELBO's particles in antithetic pairs (a draw and its mirror image about
+        q's location; see :class:`~pyro_iterative.inference.inner_elbo.InnerELBO`): ``True`` needs an even
+        ``num_particles`` and a model without enumerated sites; ``None`` draws pairs wherever they can be drawn (an
+        even ``num_particles``, the fast path, no enumerated site) and independent particles elsewhere. Off by default
+        here; :class:`~pyro_iterative.guides.iterative.IterativeGuide` draws one pair by default (``None`` with two
+        particles; measured on the model zoo, ``docs/defaults.md``).
     """
 
     _prototype_hide_fn = staticmethod(_keep_observed)
@@ -206,7 +208,7 @@ class LocalGuide(AutoGuide):
         create_plates: Callable | None = None,
         observe: Callable | None = None,
         fast_path: bool = True,
-        antithetic: bool = False,
+        antithetic: bool | None = False,
     ) -> None:
         if not init_scale > 0 or not global_init_scale > 0:
             raise ValueError(
@@ -222,7 +224,7 @@ class LocalGuide(AutoGuide):
         self.layout: SiteLayout | None = None
         self.global_guide: AutoNormal | None = None  # built with the prototype when the model has global sites
         self.fast_path = bool(fast_path)
-        self.antithetic = bool(antithetic)
+        self.antithetic = None if antithetic is None else bool(antithetic)
         self.num_particles = num_particles  # validated by the setter
         #: datapoint-iterations whose ELBO or its gradient was not finite (they kept their previous lambda)
         self.nonfinite_gradients = 0
@@ -236,14 +238,32 @@ class LocalGuide(AutoGuide):
     def num_particles(self, value: int) -> None:
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"num_particles must be a positive integer, got {value!r}.")
-        if self.antithetic and value % 2:
-            raise ValueError(f"antithetic=True draws the particles in pairs: num_particles must be even, got {value}.")
+        if self.antithetic is True and value % 2:
+            raise ValueError(f"antithetic=True draws the particles in pairs: num_particles must be even, got {value}; "
+                             "for an odd number pass antithetic=False.")
         self._num_particles = value
         if self.layout is not None:
             self._inner_elbo = self._build_inner_elbo(value)
 
     def _build_inner_elbo(self, num_particles: int) -> InnerELBO:
-        return InnerELBO(self.model, self.layout, num_particles, fast=self.fast_path, antithetic=self.antithetic)
+        return InnerELBO(self.model, self.layout, num_particles, fast=self.fast_path,
+                         antithetic=self.pairs_particles(num_particles))
+
+    def pairs_particles(self, num_particles: int | None = None) -> bool:
+        """Whether the internal ELBO draws ``num_particles`` (default: the guide's) in antithetic pairs: ``antithetic``
+        itself, or for ``antithetic=None`` whether pairs can be drawn (an even number, the fast path, no enumerated
+        site; the layout must be set up).
+
+        Usage::
+
+            IterativeGuide(model).setup(x).pairs_particles()   # True on a model without enumerated sites
+        """
+        num_particles = self.num_particles if num_particles is None else num_particles
+        if self.antithetic is not None:
+            return self.antithetic
+        if self.layout is None:
+            raise RuntimeError("pairs_particles() with antithetic=None reads the model's sites: call setup() first.")
+        return num_particles % 2 == 0 and self.fast_path and not self.layout.enumerated_names
 
     # ------------------------------------------------------------------ set-up
 

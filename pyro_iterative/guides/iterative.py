@@ -63,9 +63,9 @@ class IterativeGuide(LocalGuide):
         guide.elbo_trajectory(x_test).mean(1)   # mean ELBO after 0, 1, ..., 5 iterations
         guide.num_iterations = 20               # run longer at test time
 
-    Each iteration costs one forward and one backward pass of the model (decoder) per datapoint, a
-    cost a one-shot encoder does not pay; ``num_iterations`` can be changed after training. The
-    PyTorch JIT (``JitTrace_ELBO``) is not supported.
+    Each iteration costs one forward and one backward pass of the model (decoder) per datapoint and particle (two
+    particles by default: an antithetic pair), a cost a one-shot encoder does not pay; ``num_iterations`` can be
+    changed after training. The PyTorch JIT (``JitTrace_ELBO``) is not supported.
 
     :param callable model: a Pyro model with its datapoints in a ``pyro.plate``; local latents and
         observations inside it, global latents outside it.
@@ -91,14 +91,20 @@ class IterativeGuide(LocalGuide):
         ``hidden_sizes`` must then be two or more equal widths (the default's are).
     :param bool normalize_hidden: standardise the update networks' hidden activations per datapoint (see
         :class:`~pyro_iterative.inference.networks.GatedUpdate`), so that their gates cannot saturate on inputs of
-        large magnitude; no parameters are added.
-    :param int num_particles: samples per datapoint in the inner ELBO estimate.
+        large magnitude; no parameters are added. On by default (``False``: the networks of the paper's code and of
+        every record made before it became the default).
+    :param int num_particles: samples per datapoint in the inner ELBO estimate (by default one antithetic pair: 2).
+    :param antithetic: draw them in antithetic pairs, a draw and its mirror image about q's location. ``None`` (the
+        default): pairs wherever they can be drawn (an even ``num_particles``, a model without enumerated sites),
+        independent draws elsewhere; ``True`` insists (an error otherwise); ``False`` never. On the model zoo the
+        pair, not the second draw, is what improved q (``docs/defaults.md``); ``num_particles=1`` is the paper's
+        single sample, at half the model passes per iteration.
     :param bool low_memory: keep only each update's inputs (lambda, the raw gradient) for the backward pass
         and recompute the update networks' activations there (``torch.utils.checkpoint``): training
         memory then hardly grows with ``num_iterations``, at the price of one more forward pass of the
         update networks per iteration. Results are the same either way.
     :param kwargs: ``plate_name``, ``init_loc``, ``init_scale``, ``global_init_scale``, ``create_plates``,
-        ``observe``, ``fast_path``, ``antithetic``, see :class:`~pyro_iterative.guides.base.LocalGuide`.
+        ``observe``, ``fast_path``, see :class:`~pyro_iterative.guides.base.LocalGuide`.
     """
 
     def __init__(
@@ -112,8 +118,9 @@ class IterativeGuide(LocalGuide):
         data_encoding: str = "symlog",
         small_init: bool = False,
         highway: bool = False,
-        normalize_hidden: bool = False,
-        num_particles: int = 1,
+        normalize_hidden: bool = True,
+        num_particles: int = 2,
+        antithetic: bool | None = None,
         low_memory: bool = False,
         **kwargs,
     ) -> None:
@@ -123,7 +130,7 @@ class IterativeGuide(LocalGuide):
             raise ValueError(f"encode must be a non-empty subset of {tuple(ENCODABLE)}, got {encode}.")
         encoded_size(gradient_encoding, 1)  # validates the name
         encode_data(data_encoding, torch.zeros(1))  # validates the name
-        super().__init__(model, num_particles=num_particles, **kwargs)
+        super().__init__(model, num_particles=num_particles, antithetic=antithetic, **kwargs)
         self.num_iterations = num_iterations
         self.hidden_sizes = None if hidden_sizes is None else tuple(hidden_sizes)
         self.encode = encode

@@ -266,3 +266,33 @@ def test_a_run_directory_resumes_only_with_its_own_settings(tmp_path):
     assert json.loads(run_dir_config(tmp_path).read_text())["methods"] == ["standard", "iterative"]
     with pytest.raises(RunDirError, match="patience"):
         open_run_dir(tmp_path, RunConfig(methods=("standard",), epochs=3, validation=10, patience=2), resume=True)
+
+
+def test_a_run_made_before_the_iterative_defaults_changed_is_read_as_made_without_them(tmp_path):
+    from pyro_iterative.experiments.config import RunDirError, open_run_dir, run_dir_config, settings_differing
+
+    new = RunConfig(methods=("iterative",), epochs=3)
+    assert new.normalize_hidden and new.antithetic  # models of independent datapoints: on
+    assert not RunConfig(model="dmm").normalize_hidden and not RunConfig(model="dmm").antithetic  # sequences: off
+    old = RunConfig(methods=("iterative",), epochs=3, normalize_hidden=False, antithetic=False)
+    open_run_dir(tmp_path, old, resume=False)
+    saved = json.loads(run_dir_config(tmp_path).read_text())
+    del saved["normalize_hidden"], saved["antithetic"]  # as a config.json written before the settings existed
+    run_dir_config(tmp_path).write_text(json.dumps(saved))
+    assert not RunConfig.from_saved(saved).normalize_hidden and not RunConfig.from_saved(saved).antithetic
+    assert settings_differing(saved, new.to_dict()) == ["antithetic", "normalize_hidden"]
+    with pytest.raises(RunDirError, match=r"other settings \(antithetic, normalize_hidden\)"):
+        open_run_dir(tmp_path, new, resume=True)
+    open_run_dir(tmp_path, old, resume=True)
+    # a checkpoint's key names a setting only where it differs from what earlier checkpoints were made with
+    assert "normalize_hidden" not in old.training_key("iterative") and "antithetic" not in old.training_key("iterative")
+    assert new.training_key("iterative")["normalize_hidden"] is True and new.training_key("iterative")["antithetic"]
+
+
+@pytest.mark.parametrize("flags, expected", [([], (True, True)), (["--normalize-hidden", "--antithetic"], (True, True)),
+                                             (["--no-normalize-hidden", "--no-antithetic"], (False, False))])
+def test_the_iterative_defaults_on_the_command_line(tmp_path, flags, expected):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--method", "iterative", *flags, "--out", str(out)]) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert (saved["normalize_hidden"], saved["antithetic"]) == expected

@@ -254,7 +254,8 @@ def test_observe_gives_the_same_data_as_running_the_model(linear_gaussian):
 
 def test_inference_costs(linear_gaussian):
     model, _, _ = linear_gaussian
-    assert IterativeGuide(model, num_iterations=5).inference_cost().total == 10
+    assert IterativeGuide(model, num_iterations=5).inference_cost().total == 20  # an antithetic pair per iteration
+    assert IterativeGuide(model, num_iterations=5, num_particles=1).inference_cost().total == 10
     assert AmortizedGuide(model).inference_cost() == AmortizedGuide(model).inference_cost(None)
     assert AmortizedGuide(model).inference_cost().forward == 1
     assert AmortizedGuide(model, observe=observe).inference_cost().total == 0
@@ -281,7 +282,7 @@ def test_counted_model_passes_match_the_reported_cost(linear_gaussian):
         return model(x, **kwargs)
 
     for guide in (
-        IterativeGuide(counting_model, num_iterations=4, hidden_sizes=(8,)),
+        IterativeGuide(counting_model, num_iterations=4, hidden_sizes=(8,), num_particles=1),  # a call is a pass
         AmortizedGuide(counting_model, hidden_sizes=(8,)),
         # one model call per test here; with test_particles=P each call draws P particles (P passes)
         SemiAmortizedGuide(counting_model, num_steps=3, hidden_sizes=(8,), test_particles=1),

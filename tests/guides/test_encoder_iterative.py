@@ -142,9 +142,11 @@ def test_small_init_starts_the_encoder_at_lambda_0(linear_gaussian):
 
 def test_inference_costs(linear_gaussian):
     model, x_train, _ = linear_gaussian
-    assert EncoderIterativeGuide(model, num_iterations=4).inference_cost() == ModelPasses(forward=5, backward=4)
-    assert EncoderIterativeGuide(model, num_iterations=4).inference_cost(2) == ModelPasses(forward=3, backward=2)
-    assert EncoderIterativeGuide(model, num_iterations=4, observe=observe).inference_cost() == ModelPasses(4, 4)
+    # an antithetic pair per iteration (the default): two passes each, and one forward pass reads x
+    assert EncoderIterativeGuide(model, num_iterations=4).inference_cost() == ModelPasses(forward=9, backward=8)
+    assert EncoderIterativeGuide(model, num_iterations=4).inference_cost(2) == ModelPasses(forward=5, backward=4)
+    assert EncoderIterativeGuide(model, num_iterations=4, observe=observe).inference_cost() == ModelPasses(8, 8)
+    assert EncoderIterativeGuide(model, num_iterations=4, num_particles=1).inference_cost() == ModelPasses(5, 4)
     calls = []
 
     def counting_model(x, **kwargs):
@@ -152,7 +154,7 @@ def test_inference_costs(linear_gaussian):
         return model(x, **kwargs)
 
     for options in ({}, {"observe": observe}):
-        guide = small_guide(counting_model, num_iterations=3, **options).setup(x_train[:4])
+        guide = small_guide(counting_model, num_iterations=3, num_particles=1, **options).setup(x_train[:4])
         calls.clear()
         with torch.no_grad():
             guide(x_train[:4])
@@ -220,19 +222,27 @@ def test_highway_reaches_the_encoder_guide_and_the_sequential_guide():
     assert [n for n, _ in built.named_parameters()] == [n for n, _ in sequential.update_nets.named_parameters()]
 
 
-def test_normalised_hidden_layers_reach_every_iterative_guide_and_add_no_parameters(linear_gaussian):
+def test_normalised_hidden_layers_are_the_iid_default_reach_every_iterative_guide_and_add_no_parameters(
+    linear_gaussian,
+):
     model, x_train, _ = linear_gaussian
-    plain = IterativeGuide(model, hidden_sizes=(16, 16)).setup(x_train[:2])
+    plain = IterativeGuide(model, hidden_sizes=(16, 16), normalize_hidden=False).setup(x_train[:2])
     pyro.clear_param_store()
-    guide = IterativeGuide(model, hidden_sizes=(16, 16), num_iterations=2, normalize_hidden=True).setup(x_train[:2])
+    guide = IterativeGuide(model, hidden_sizes=(16, 16), num_iterations=2).setup(x_train[:2])
     assert inference_parameters(guide) == inference_parameters(plain)
     assert all(net.normalize_hidden for net in guide.update_nets) and not plain.update_nets[0].normalize_hidden
     losses = train(model, guide, x_train, steps=5, subsample_size=32)
     assert torch.isfinite(torch.tensor(losses)).all()
-    assert small_guide(model, normalize_hidden=True).setup(x_train[:2]).update_nets[0].normalize_hidden
+    default = small_guide(model).setup(x_train[:2])
+    assert default.update_nets[0].normalize_hidden and (default.num_particles, default.pairs_particles()) == (2, True)
+    assert not small_guide(model, normalize_hidden=False).setup(x_train[:2]).update_nets[0].normalize_hidden
     torch.manual_seed(0)
     dmm = DMM(data_dim=4, z_dim=3, transition_dim=8, emission_dim=8).to(torch.float64)
     sequences, lengths = synthetic_sequences(4, max_length=5, data_dim=4, seed=0, dtype=torch.float64)
+    sequential = SequentialIterativeGuide(dmm, hidden_sizes=(8, 8)).setup(sequences, lengths)
+    assert not sequential.update_nets[0].normalize_hidden  # not measured on sequence models: off by default
+    assert sequential.num_particles == 1 and not sequential.pairs_particles()  # nor is the pair
+    pyro.clear_param_store()
     sequential = SequentialIterativeGuide(dmm, hidden_sizes=(8, 8), normalize_hidden=True).setup(sequences, lengths)
     assert sequential.update_nets[0].normalize_hidden
 
@@ -267,7 +277,7 @@ def test_matched_encoder_guide_is_within_five_percent(linear_gaussian):
     assert isinstance(matched, EncoderIterativeGuide) and matched.observe is observe
     assert matched.hidden_sizes == matched.encoder_hidden_sizes and len(matched.hidden_sizes) == 2
     assert matched.hidden_sizes[0] < 64  # the automatic width of the plain guide: the encoder costs parameters
-    assert matched.inference_cost() == ModelPasses(forward=5, backward=5)
+    assert matched.inference_cost() == ModelPasses(forward=10, backward=10)  # an antithetic pair per iteration
 
 
 def test_matching_refusals(linear_gaussian):

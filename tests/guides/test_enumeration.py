@@ -176,6 +176,15 @@ def test_every_guide_trains_under_trace_enum_elbo(name):
     assert torch.isfinite(guide.elbo_trajectory(x)).all()
 
 
+def test_the_iterative_guides_default_pair_becomes_two_independent_draws_where_sites_are_enumerated(mixture):
+    model, x = mixture
+    guide = IterativeGuide(model, hidden_sizes=(16,)).setup(x[:4])
+    assert guide.num_particles == 2 and guide.antithetic is None and not guide.pairs_particles()
+    assert torch.isfinite(guide.elbo_trajectory(x[:4])).all()
+    with pytest.raises(ValueError, match="antithetic=False"):  # insisting on pairs names the way out
+        IterativeGuide(model, hidden_sizes=(16,), antithetic=True).setup(x[:4])
+
+
 def test_the_per_datapoint_guide_trains_under_trace_enum_elbo():
     model = MixtureOfFactorModels(dtype=torch.float32)
     x = model.sample(60)

@@ -285,14 +285,23 @@ def test_datapoint_results_do_not_depend_on_batch_mates(linear_gaussian):
 
 
 def test_datapoint_results_do_not_depend_on_batch_size(linear_gaussian):
+    """A datapoint's refined q is the same, in distribution, alone and among 199 others. One call is noisy whatever
+    the particle count (the log-magnitude encoding of a gradient component near zero), so each q is drawn 16 times
+    and the means are compared against their standard error; another datapoint alone is resolved from it easily."""
     model, x_train, _ = linear_gaussian
     guide = small_guide(model, num_particles=500, data_encoding="none")  # see trained_on_linear_gaussian
     train(model, guide, x_train, steps=20, subsample_size=64)
-    alone = guide.get_posterior(x_train[:1])["z"]
-    among = guide.get_posterior(x_train[:200])["z"]
-    # 500 particles make the inner gradients nearly exact; a batch-mean gradient would be 200x smaller.
-    assert torch.allclose(alone.mean[0], among.mean[0], atol=0.05)
-    assert torch.allclose(alone.stddev[0], among.stddev[0], rtol=0.05)
+
+    def first_q(x):  # 16 calls: the first datapoint's refined locations and scales
+        qs = [guide.get_posterior(x)["z"] for _ in range(16)]
+        return torch.stack([torch.cat([q.mean[0], q.stddev[0]]) for q in qs])
+
+    def z_score(a, b):
+        return ((a.mean(0) - b.mean(0)).abs() / (a.var(0) / len(a) + b.var(0) / len(b)).sqrt()).max()
+
+    alone = first_q(x_train[:1])
+    assert z_score(alone, first_q(x_train[:200])) < 4  # seeds 0-4 measured: at most 2.0
+    assert z_score(alone, first_q(x_train[1:2])) > 8  # another datapoint: 9.7 to 31.7
 
 
 def test_num_particles_can_change_after_training(linear_gaussian):
@@ -319,11 +328,14 @@ def test_inner_particles_live_beside_svis_vectorized_particles(linear_gaussian):
 def test_antithetic_particles_train_and_need_pairs():
     model = LinearGaussian.orthogonal(data_dim=10, latent_dim=2, noise_scale=0.5, seed=0, dtype=torch.float64)
     x = model.sample(200, seed=1)
-    with pytest.raises(ValueError, match="num_particles must be even"):
-        small_guide(model, antithetic=True)
-    guide = small_guide(model, antithetic=True, num_particles=2)
+    with pytest.raises(ValueError, match="num_particles must be even, got 1; for an odd number pass antithetic=False"):
+        small_guide(model, antithetic=True, num_particles=1)
+    guide = small_guide(model, antithetic=True)  # two particles by default
     losses = train(model, guide, x, steps=60, subsample_size=50)
     assert guide.antithetic and all(torch.isfinite(torch.tensor(losses)))
     assert sum(losses[-10:]) < sum(losses[:10])
     with pytest.raises(ValueError, match="num_particles must be even"):
         guide.num_particles = 3
+    # by default (antithetic=None) pairs where they can be drawn, independent particles for an odd number
+    assert small_guide(model).setup(x[:2]).pairs_particles()
+    assert not small_guide(model, num_particles=3).setup(x[:2]).pairs_particles()
