@@ -13,8 +13,9 @@ measured on held-out data:
   ``1 + (loss - median) / max(|median|, 1)``, which is ``loss / median`` for positive losses;
 - the gain of ``optimize_local`` with its defaults from the trained guide's q.
 
-It prints one table (markdown) and writes ``benchmarks/results/zoo.json`` and ``zoo.md``; every finished cell is
-saved at once, so an interrupted run resumes where it stopped (``--fresh`` starts over). ``--quick`` is a small
+It prints a summary (one row per model and learning rate), the full table (markdown) and the bounds, and writes
+``benchmarks/results/zoo.json`` and ``zoo.md``; every finished cell is saved at once, so an interrupted run resumes
+where it stopped (``--fresh`` starts over). ``--quick`` is a small
 budget that checks the script runs. The tests import the zoo's models from here (``ZOO``).
 
 Beside the defaults, a run under its own ``--label`` measures variants the same way: another ``--seed``, a guide's
@@ -270,6 +271,28 @@ def table(cells: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def summary(cells: list[dict]) -> str:
+    """One row per model and learning rate: every guide's held-out ELBO (``n/a`` where not run, ``diverged`` where not
+    finite), the iterative guide's lead over the amortized one, and the worst of each cell's drop and spike."""
+    by = {(c["model"], c["lr"], c["guide"]): c for c in cells}
+    guides = [g for g in GUIDES if any(c["guide"] == g for c in cells)]
+    lines = ["| model | lr | " + " | ".join(guides) + " | iterative - amortized | worst drop K; 2K (guide) | "
+             "largest spike |", "|" + "---|" * (len(guides) + 5)]
+    for model, lr in dict.fromkeys((c["model"], c["lr"]) for c in cells):
+        row = [by.get((model, lr, g)) for g in guides]
+        elbos = ["n/a" if c is None else f"{c['elbo']:.2f}" if c.get("finite") else "diverged" for c in row]
+        ran = [c for c in row if c is not None and c.get("finite")]
+        pair = by.get((model, lr, "iterative")), by.get((model, lr, "amortized"))
+        lead = f"{pair[0]['elbo'] - pair[1]['elbo']:+.2f}" if all(c and c.get("finite") for c in pair) else ""
+        worst = max(ran, key=lambda c: max(c["worst_drop"], c.get("worst_drop_2k", 0.0)), default=None)
+        drop = (f"{worst['worst_drop']:.3f}; {worst.get('worst_drop_2k', 0.0):.3f} ({worst['guide']})"
+                if worst is not None and max(worst["worst_drop"], worst.get("worst_drop_2k", 0.0)) > 0 else "none")
+        spike = max(ran, key=lambda c: c["spike"], default=None)
+        lines.append(f"| {model} | {lr:g} | " + " | ".join(elbos) + f" | {lead} | {drop} | "
+                     + ("" if spike is None else f"{spike['spike']:.1f}x ({spike['guide']})") + " |")
+    return "\n".join(lines)
+
+
 def bounds(cells: list[dict]) -> list[str]:
     """Each bound of issue #15 and the cells that break it (empty lists: it holds)."""
     by = {(c["model"], c["lr"], c["guide"]): c for c in cells}
@@ -325,7 +348,7 @@ def main() -> None:
         cells = {key: cell for run in runs for key, cell in run["cells"].items()}
         order = {name: i for i, name in enumerate(ZOO)}
         ordered = sorted(cells.values(), key=lambda c: (order[c["model"]], c["lr"], list(GUIDES).index(c["guide"])))
-        text = "\n".join([table(ordered), "", *bounds(ordered)])
+        text = "\n".join([summary(ordered), "", table(ordered), "", *bounds(ordered)])
         print(text)
         out = args.out or RESULTS / f"{args.label}.json"
         settings = [{**DEFAULT_SETTINGS, **run.get("settings", {})} for run in runs]
@@ -371,7 +394,7 @@ def main() -> None:
                 write_json(out, {"machine": machine_line(machine()), "steps": steps, "particles": particles,
                                  "settings": settings, "cells": cells})
     ordered = [cells[k] for k in cells]
-    text = "\n".join([table(ordered), "", *bounds(ordered)])
+    text = "\n".join([summary(ordered), "", table(ordered), "", *bounds(ordered)])
     print(text)
     changed = "" if settings == DEFAULT_SETTINGS else f" Settings: {json.dumps(settings)}."
     out.with_suffix(".md").write_text(f"Machine: {machine_line(machine())}; {steps} SVI steps of 100 "

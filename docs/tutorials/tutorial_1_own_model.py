@@ -8,7 +8,7 @@ about 30 lines.
 
 **Sizes.** 1000 simulated training and 500 test datapoints of 10 dimensions, 300 SVI steps of 100 datapoints, update
 networks of two layers of 64 units, K = 5 iterations; the ELBO per iteration is scored with 10 samples per datapoint.
-About 15 seconds on 2 idle CPU cores with one torch thread (30 to 60 when the cores are shared). CI runs the same
+About 30 seconds on 2 idle CPU cores with one torch thread (60 or more when the cores are shared). CI runs the same
 sizes. ``examples/custom_model.py`` is a longer version of this model, with a global latent and command-line options.
 """
 
