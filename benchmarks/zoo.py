@@ -15,8 +15,8 @@ measured on held-out data:
 
 It prints a summary (one row per model and learning rate), the full table (markdown) and the bounds, and writes
 ``benchmarks/results/zoo.json`` and ``zoo.md``; every finished cell is saved at once, so an interrupted run resumes
-where it stopped (``--fresh`` starts over). ``--quick`` is a small
-budget that checks the script runs. The tests import the zoo's models from here (``ZOO``).
+where it stopped (``--fresh`` starts over). ``--quick`` is a small budget that checks the script runs. The tests import
+the zoo's models from here (``ZOO``).
 
 Beside the defaults, a run under its own ``--label`` measures variants the same way: another ``--seed``, a guide's
 keyword arguments (``--options 'iterative={"highway": true}'``) or the guides' own parameters at a fraction of the
@@ -251,6 +251,11 @@ def _fmt(value: float | None, digits: int = 2) -> str:
     return "n/a" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
 
 
+def _worst_drop(cell: dict) -> float:
+    """A cell's larger drop between consecutive iterations, at K or at 2K."""
+    return max(cell["worst_drop"], cell.get("worst_drop_2k", 0.0))
+
+
 def table(cells: list[dict]) -> str:
     """The zoo table in markdown, one row per model, learning rate and guide, then the bounds of issue #15."""
     lines = ["| model | lr | guide | held-out ELBO | gap to ref. | ELBO per iteration (t = 0..K) | at 2K | "
@@ -262,7 +267,7 @@ def table(cells: list[dict]) -> str:
             continue
         per = ", ".join(f"{v:.2f}" for v in c["per_iteration"]) if len(c["per_iteration"]) > 1 else ""
         long = _fmt(c["per_iteration_2k"][-1]) if "per_iteration_2k" in c else ""
-        drop = max(c["worst_drop"], c.get("worst_drop_2k", 0.0))
+        drop = _worst_drop(c)
         drop_se = c["worst_drop_se"] if c["worst_drop"] >= c.get("worst_drop_2k", 0.0) else c["worst_drop_2k_se"]
         lines.append(
             f"| {c['model']} | {c['lr']:g} | {c['guide']} | {c['elbo']:.2f} ± {c['elbo_se']:.2f} | "
@@ -284,9 +289,9 @@ def summary(cells: list[dict]) -> str:
         ran = [c for c in row if c is not None and c.get("finite")]
         pair = by.get((model, lr, "iterative")), by.get((model, lr, "amortized"))
         lead = f"{pair[0]['elbo'] - pair[1]['elbo']:+.2f}" if all(c and c.get("finite") for c in pair) else ""
-        worst = max(ran, key=lambda c: max(c["worst_drop"], c.get("worst_drop_2k", 0.0)), default=None)
+        worst = max(ran, key=_worst_drop, default=None)
         drop = (f"{worst['worst_drop']:.3f}; {worst.get('worst_drop_2k', 0.0):.3f} ({worst['guide']})"
-                if worst is not None and max(worst["worst_drop"], worst.get("worst_drop_2k", 0.0)) > 0 else "none")
+                if worst is not None and _worst_drop(worst) > 0 else "none")
         spike = max(ran, key=lambda c: c["spike"], default=None)
         lines.append(f"| {model} | {lr:g} | " + " | ".join(elbos) + f" | {lead} | {drop} | "
                      + ("" if spike is None else f"{spike['spike']:.1f}x ({spike['guide']})") + " |")
