@@ -16,6 +16,7 @@ from ..inference.batch import Batch
 from ..inference.cost import ModelPasses
 from ..inference.gradient import elbo_gradient
 from ..inference.inner_elbo import InnerELBO, latent_masks
+from ..inference.step_test import improves
 from .amortized import AmortizedGuide
 from .base import Refinement
 
@@ -157,23 +158,7 @@ class SemiAmortizedGuide(AmortizedGuide):
             step = elbo_gradient(self._inner_elbo, args, kwargs, leaves, batch, global_values, create_graph=unroll)
             return leaves, self._count_nonfinite(step)
 
-        def improves(first: dict, second: dict) -> torch.Tensor:
-            # Both ELBOs from the same fresh draws of the noise (common random numbers), so that their difference is
-            # the step's effect, not noise; the gradient that chose the step used other draws, so this is a fair test.
-            seed = int(torch.randint(0, 2**62, ()))
-            weights = []
-            for lam in (first, second):
-                with torch.no_grad(), torch.random.fork_rng(devices=devices):
-                    torch.manual_seed(seed)
-                    weights.append(tester.log_weights(args, kwargs, self._local_params(lam), batch, global_values))
-            gain = weights[1] - weights[0]  # (test_particles, batch), NaN where either is not finite
-            if gain.shape[0] == 1:
-                return gain[0] >= 0  # False where not finite
-            return gain.mean(0) >= self.margin * gain.std(0) / gain.shape[0] ** 0.5
-
         tester = self._test_elbo() if self.adaptive else None
-        device = next(iter(start.values())).device
-        devices = [device] if device.type == "cuda" else []
         lam, (leaves, step) = dict(start), gradient(start)
         masks = latent_masks(step.model_trace, self.layout, len(batch))
         velocity = {name: torch.zeros_like(value) for name, value in start.items()}
@@ -193,7 +178,10 @@ class SemiAmortizedGuide(AmortizedGuide):
                 # datapoints with a non-finite gradient keep their previous estimate
                 candidate[name] = step.keep_finite(leaves[name] + size * velocity[name], leaves[name])
             if self.adaptive:
-                better = improves(leaves, candidate).unsqueeze(-1)
+                # a fair test: the gradient that chose the step came from other draws than the test's
+                with torch.no_grad():
+                    before, after = self._local_params(leaves), self._local_params(candidate)
+                better = improves(tester, args, kwargs, before, after, batch, global_values, self.margin).unsqueeze(-1)
                 size = torch.where(better, size * 1.2, size * 0.5)
                 zero = torch.zeros_like
                 candidate = {name: torch.where(better, candidate[name], leaves[name]) for name in names}

@@ -8,6 +8,7 @@
 - :mod:`~pyro_iterative.inference.gradient`: one refinement step, the ELBO's gradient with non-finite values
   contained;
 - :mod:`~pyro_iterative.inference.optimize`: lambda optimized with a torch optimizer;
+- :mod:`~pyro_iterative.inference.step_test`: whether a move of q helps, judged on common random numbers;
 - :mod:`~pyro_iterative.inference.encodings` and :mod:`~pyro_iterative.inference.networks`: what the update
   networks read, and the networks themselves;
 - :mod:`~pyro_iterative.inference.cost`: model passes, the unit of inference cost;
@@ -26,6 +27,7 @@ from .networks import GatedUpdate, Highway, mlp
 from .optimize import DEFAULT_LEARNING_RATES, OPTIMIZERS, LocalOptimization, check_optimizer_settings, optimize_lambda
 from .parameters import CONSTRAINED_LOG_SCALE_RANGE, LOG_SCALE_RANGE, LocalParams, initial_lambda, local_params
 from .sites import LocalSite, ObservedSite, SiteLayout, discover_sites, model_mask
+from .step_test import improves, paired_gain
 from .time_steps import StepGroup, TimeLayout, step_of, time_layout
 
 __all__ = [
@@ -54,6 +56,7 @@ __all__ = [
     "elbo_gradient",
     "encode_gradient",
     "encoded_size",
+    "improves",
     "initial_lambda",
     "latent_masks",
     "local_params",
@@ -61,6 +64,7 @@ __all__ = [
     "mlp",
     "model_mask",
     "optimize_lambda",
+    "paired_gain",
     "per_datapoint_elbo",
     "prediction_errors",
     "step_of",

@@ -393,13 +393,14 @@ class InnerELBO:
                 _set_rng_state(device, state)
                 self.vectorize = False  # from now on, one particle at a time (a genuine error is raised again there)
         if self.num_particles > 1 and self.vectorize is False and self.antithetic:  # pairs, one particle at a time
-            weights, trace = [], None
+            firsts, seconds, trace = [], [], None
             for i in range(self.num_particles // 2):
                 first, run_trace, draws = self._score(args, kwargs, params, batch, global_values, check_data and not i)
                 second, _, _ = self._score(args, kwargs, params, batch, global_values, mirror=draws)
-                weights += [first, second]
+                firsts.append(first)
+                seconds.append(second)
                 trace = trace if trace is not None else run_trace
-            return torch.stack(weights), trace
+            return torch.stack(firsts + seconds), trace  # the vectorized order: draws, then their mirror images
         if self.num_particles > 1 and self.vectorize is False:
             runs = [self._log_weights_once(args, kwargs, params, batch, global_values, check_data and not i)
                     for i in range(self.num_particles)]
@@ -483,6 +484,25 @@ class InnerELBO:
         log_p = enumerated_log_density(model_trace, self.layout.plate, dim, keep=site)
         weights = log_p - _log_density(guide_trace, self.layout.plate, dim).unsqueeze(-1)
         return weights if dim is not None else weights.unsqueeze(0)
+
+    def pair_means(self, weights: torch.Tensor) -> torch.Tensor:
+        """Per-particle values ``(num_particles, ...)`` (log-weights, or differences of them taken on common random
+        numbers) averaged within each antithetic pair: ``(num_particles // 2, ...)`` independent values, whose spread
+        gives a valid standard error; the values themselves when the particles are not drawn in pairs. Particle
+        ``i`` and particle ``i + num_particles // 2`` form a pair, however the particles were drawn.
+
+        Usage::
+
+            inner = InnerELBO(model, layout, num_particles=8, antithetic=True)
+            pairs = inner.pair_means(inner.log_weights((x,), {}, params, batch, {}))   # (4, batch)
+            pairs.mean(0), pairs.std(0) / 2                                             # the ELBO and its SE
+        """
+        if weights.shape[0] != self.num_particles:
+            raise ValueError(f"expected {self.num_particles} particles along dim 0, got shape {tuple(weights.shape)}.")
+        if not self.antithetic:
+            return weights
+        half = self.num_particles // 2
+        return (weights[:half] + weights[half:]) / 2
 
     def log_weights(
         self,

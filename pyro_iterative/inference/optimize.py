@@ -21,6 +21,7 @@ from .cost import ModelPasses
 from .gradient import elbo_gradient
 from .inner_elbo import InnerELBO
 from .parameters import local_params
+from .step_test import improves
 
 __all__ = [
     "DEFAULT_LEARNING_RATES",
@@ -54,6 +55,8 @@ class LocalOptimization:
     :ivar cost: model passes per datapoint spent (one forward and backward pass per step).
     :ivar path: with ``record_path=True``, lambda at the start and after every step (else empty).
     :ivar nonfinite_gradients: datapoint-steps whose ELBO or gradient was not finite (they kept their lambda).
+    :ivar kept: with a final check (``test_particles``), ``(batch,)`` booleans: the datapoints whose optimized lambda
+        passed it (the others' ``lam`` is where they started); ``None`` without the check.
 
     Usage::
 
@@ -67,6 +70,7 @@ class LocalOptimization:
     cost: ModelPasses
     path: list[dict[str, torch.Tensor]] = field(default_factory=list)
     nonfinite_gradients: int = 0
+    kept: torch.Tensor | None = None
 
 
 def check_optimizer_settings(optimizer: str, lr: float | None, num_steps: int, patience: int | None) -> None:
@@ -100,6 +104,8 @@ def optimize_lambda(
     patience: int | None = None,
     tol: float = 1e-3,
     record_path: bool = False,
+    test_particles: int = 0,
+    margin: float = 1.0,
 ) -> LocalOptimization:
     """Ascend every datapoint's ELBO from ``lam`` with a torch optimizer; the model's parameters stay untouched.
 
@@ -122,8 +128,20 @@ def optimize_lambda(
     :param patience: stop early once the batch's best mean ELBO has not risen by more than ``tol``
         (nats per datapoint) for this many steps.
     :param record_path: keep lambda after every step in the result's ``path`` (memory grows with the steps).
+    :param test_particles: with a positive number, a final check: each datapoint keeps its optimized lambda only where
+        its ELBO beats the starting one's by ``margin`` standard errors on this many fresh draws shared by both
+        (:func:`~pyro_iterative.inference.step_test.improves`; antithetic pairs where ``inner`` draws pairs), and goes
+        back to its starting lambda elsewhere, so that noisy steps near an optimum cannot leave q worse than it
+        started. ``2 * test_particles`` more forward passes. ``0``: no check.
+    :param margin: the standard errors the check asks of the gain.
     """
     check_optimizer_settings(optimizer, lr, num_steps, patience)
+    if not isinstance(test_particles, int) or test_particles < 0 or (inner.antithetic and test_particles % 2):
+        pairs = ", and even where the particles come in antithetic pairs (or draw them independently)"
+        raise ValueError(f"test_particles must be a non-negative integer{pairs if inner.antithetic else ''}, "
+                         f"got {test_particles!r}.")
+    if not margin >= 0:
+        raise ValueError(f"margin must be a number of standard errors >= 0, got {margin!r}.")
     leaves = {name: value.detach().clone().requires_grad_() for name, value in lam.items()}
     opt = OPTIMIZERS[optimizer](list(leaves.values()), DEFAULT_LEARNING_RATES[optimizer] if lr is None else lr)
     trajectory, path, best, best_step, nonfinite = [], [], -math.inf, 0, 0
@@ -146,13 +164,20 @@ def optimize_lambda(
             for name, before in previous.items():  # datapoints with a non-finite gradient keep their lambda
                 leaves[name].copy_(result.keep_finite(leaves[name], before))
     final = {name: leaf.detach() for name, leaf in leaves.items()}
-    params = local_params(inner.layout, final)
     steps = len(trajectory) - 1
+    kept = None
+    if test_particles:
+        tester = InnerELBO(inner.model, inner.layout, test_particles, fast=inner.fast, antithetic=inner.antithetic)
+        kept = improves(tester, args, kwargs, local_params(inner.layout, lam), local_params(inner.layout, final),
+                        batch, global_values, margin)
+        final = {name: torch.where(kept.unsqueeze(-1), value, lam[name].detach()) for name, value in final.items()}
+    params = local_params(inner.layout, final)
     return LocalOptimization(
         trajectory=torch.stack(trajectory),
         lam=final,
         posterior={site.name: site.distribution(*params[site.name]) for site in inner.layout.local_sites},
-        cost=ModelPasses(forward=steps, backward=steps),
+        cost=ModelPasses(forward=steps + 2 * test_particles, backward=steps),
         path=path,
         nonfinite_gradients=nonfinite,
+        kept=kept,
     )
