@@ -52,7 +52,7 @@ def optimize_local(
     exact), and a final check keeps a datapoint's optimized q only where it beats the starting one on 16 fresh draws
     of noise shared by both, so that noisy steps near an optimum do not leave q worse than it started. On the model
     zoo (``benchmarks/zoo.py``, ``docs/defaults.md``) the previous defaults (one draw, no check) lowered the ELBO of a
-    trained guide's q on 7 of 48 cells, where it was already at or above the reference optimum.
+    trained guide's q on 7 of 48 cells, where it was already at or above the reference optimum; these defaults, on 2.
     ``num_particles=1, test_particles=0`` is a plain single-draw optimizer (the optimizer comparison's setting).
 
     Usage::

@@ -52,7 +52,8 @@ class LocalOptimization:
         step (``steps`` is ``num_steps`` unless ``patience`` stopped the run earlier).
     :ivar lam: per local site, the final ``(batch, 2 * size)`` locations and log-scales (unconstrained).
     :ivar posterior: per local site, the final q in the site's constrained space.
-    :ivar cost: model passes per datapoint spent (one forward and backward pass per step).
+    :ivar cost: model passes per datapoint spent: one forward and one backward pass per step and particle (as the
+        guides count them), and ``2 * test_particles`` forward passes for the final check.
     :ivar path: with ``record_path=True``, lambda at the start and after every step (else empty).
     :ivar nonfinite_gradients: datapoint-steps whose ELBO or gradient was not finite (they kept their lambda).
     :ivar kept: with a final check (``test_particles``), ``(batch,)`` booleans: the datapoints whose optimized lambda
@@ -172,11 +173,12 @@ def optimize_lambda(
                         batch, global_values, margin)
         final = {name: torch.where(kept.unsqueeze(-1), value, lam[name].detach()) for name, value in final.items()}
     params = local_params(inner.layout, final)
+    passes = steps * inner.num_particles
     return LocalOptimization(
         trajectory=torch.stack(trajectory),
         lam=final,
         posterior={site.name: site.distribution(*params[site.name]) for site in inner.layout.local_sites},
-        cost=ModelPasses(forward=steps + 2 * test_particles, backward=steps),
+        cost=ModelPasses(forward=passes + 2 * test_particles, backward=passes),
         path=path,
         nonfinite_gradients=nonfinite,
         kept=kept,
