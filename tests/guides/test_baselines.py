@@ -287,10 +287,13 @@ def test_inference_costs(linear_gaussian):
     assert AmortizedGuide(model).inference_cost().forward == 1
     assert AmortizedGuide(model, observe=observe).inference_cost().total == 0
     cost = SemiAmortizedGuide(model, num_steps=4, observe=observe).inference_cost()
-    # each adaptive step's test scores the old and the new q on 8 particles each: 16 forward passes
+    # each adaptive step's test scores the old and the new q on 8 particles each: 16 forward passes; so does the
+    # final check, once
     assert (cost.forward, cost.backward) == (4 * 17, 4)
     cost = SemiAmortizedGuide(model, num_steps=4, observe=observe, test_particles=1).inference_cost()
     assert (cost.forward, cost.backward) == (12, 4)
+    cost = SemiAmortizedGuide(model, num_steps=4, observe=observe, final_check=True).inference_cost()
+    assert (cost.forward, cost.backward) == (4 * 17 + 16, 4)
     cost = SemiAmortizedGuide(model, num_steps=4, observe=observe, adaptive=False).inference_cost()
     assert (cost.forward, cost.backward) == (4, 4)
     # every particle is a pass through the model
@@ -313,6 +316,7 @@ def test_counted_model_passes_match_the_reported_cost(linear_gaussian):
         AmortizedGuide(counting_model, hidden_sizes=(8,)),
         # one model call per test here; with test_particles=P each call draws P particles (P passes)
         SemiAmortizedGuide(counting_model, num_steps=3, hidden_sizes=(8,), test_particles=1),
+        SemiAmortizedGuide(counting_model, num_steps=3, hidden_sizes=(8,), test_particles=1, final_check=True),
     ):
         guide.setup(x_train[:4])
         calls.clear()

@@ -122,6 +122,9 @@ def test_semi_amortized_steps_leave_an_optimal_q_where_it_is():
     assert change.mean() > -0.02, change.mean()  # ... and the tested steps hardly move away from it (-0.008)
     # The check can fail: a one-draw test keeps most steps here (-0.21 nats).
     assert _steps_from_the_optimum(test_particles=1).mean() < -0.05
+    # With the final check (an option) the steps' small losses are sent back to the encoder's q (-0.0003).
+    checked = _steps_from_the_optimum(final_check=True)
+    assert (checked <= 1e-9).all() and checked.mean() > -0.002 and checked.mean() > change.mean()
 
 
 def test_optimize_local_defaults_run_on_a_batch_norm_model_with_several_particles(zoo):
