@@ -71,8 +71,8 @@ class SemiAmortizedGuide(AmortizedGuide):
         the encoder's q elsewhere: steps that each passed their test can still add up to a small loss where the
         encoder's q is already at the optimum (at the exact optimum of a linear-Gaussian model, 5 steps lose 0.0003
         nats per datapoint with it, 0.008 without: tested). ``2 * test_particles`` more forward passes per call. Off
-        by default (the records of the comparison were made without it; its zoo measurement is in
-        ``docs/defaults.md``).
+        by default: trained through it, the guide got stuck on the model zoo's Gamma-Poisson model at Adam 3e-3
+        (``docs/defaults.md``).
     :param bool backprop: SA-VAE training (through the steps) or Krishnan et al. (encoder on its own ELBO).
     :param kwargs: ``hidden_sizes`` and the options of :class:`~pyro_iterative.guides.amortized.AmortizedGuide`.
     """
