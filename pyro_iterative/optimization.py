@@ -14,7 +14,7 @@ import pyro.poutine as poutine
 
 from .guides.base import LocalGuide
 from .inference.batch import locate_batch
-from .inference.inner_elbo import InnerELBO
+from .inference.inner_elbo import InnerELBO, can_draw_pairs
 from .inference.optimize import LocalOptimization, check_optimizer_settings, optimize_lambda
 from .inference.parameters import initial_lambda
 from .inference.sites import discover_sites
@@ -95,7 +95,7 @@ def optimize_local(
         batch, global_values = locate_batch(model, layout.plate_name, args, kwargs), {}
         lam = initial_lambda(layout, len(batch), like=prototype.nodes[layout.local_sites[0].name]["value"])
     if antithetic is None:
-        antithetic = num_particles % 2 == 0 and not layout.enumerated_names
+        antithetic = can_draw_pairs(layout, num_particles)
     inner = InnerELBO(model, layout, num_particles, antithetic=antithetic)
     return optimize_lambda(
         inner, args, kwargs, batch, global_values, lam, optimizer=optimizer, lr=lr, num_steps=num_steps,

@@ -32,7 +32,7 @@ from pyro.poutine.util import site_is_subsample
 from ..inference.batch import Batch, locate_batch
 from ..inference.cost import ModelPasses
 from ..inference.gradient import ELBOGradient
-from ..inference.inner_elbo import InnerELBO, check_observations, latent_masks
+from ..inference.inner_elbo import InnerELBO, can_draw_pairs, check_observations, latent_masks
 from ..inference.parameters import LocalParams, initial_lambda, local_params
 from ..inference.sites import SiteLayout, discover_sites
 
@@ -263,7 +263,7 @@ class LocalGuide(AutoGuide):
             return self.antithetic
         if self.layout is None:
             raise RuntimeError("pairs_particles() with antithetic=None reads the model's sites: call setup() first.")
-        return num_particles % 2 == 0 and self.fast_path and not self.layout.enumerated_names
+        return can_draw_pairs(self.layout, num_particles, self.fast_path)
 
     # ------------------------------------------------------------------ set-up
 

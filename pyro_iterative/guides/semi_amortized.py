@@ -170,6 +170,13 @@ class SemiAmortizedGuide(AmortizedGuide):
             return leaves, self._count_nonfinite(step)
 
         tester = self._test_elbo() if self.adaptive else None
+
+        def passes(before: dict, after: dict) -> torch.Tensor:
+            """``(batch, 1)``: where ``after`` beats ``before`` on the test (:func:`improves`)."""
+            with torch.no_grad():
+                params = self._local_params(before), self._local_params(after)
+            return improves(tester, args, kwargs, *params, batch, global_values, self.margin).unsqueeze(-1)
+
         lam, (leaves, step) = dict(start), gradient(start)
         masks = latent_masks(step.model_trace, self.layout, len(batch))
         velocity = {name: torch.zeros_like(value) for name, value in start.items()}
@@ -190,18 +197,14 @@ class SemiAmortizedGuide(AmortizedGuide):
                 candidate[name] = step.keep_finite(leaves[name] + size * velocity[name], leaves[name])
             if self.adaptive:
                 # a fair test: the gradient that chose the step came from other draws than the test's
-                with torch.no_grad():
-                    before, after = self._local_params(leaves), self._local_params(candidate)
-                better = improves(tester, args, kwargs, before, after, batch, global_values, self.margin).unsqueeze(-1)
+                better = passes(leaves, candidate)
                 size = torch.where(better, size * 1.2, size * 0.5)
                 zero = torch.zeros_like
                 candidate = {name: torch.where(better, candidate[name], leaves[name]) for name in names}
                 velocity = {name: torch.where(better, velocity[name], zero(velocity[name])) for name in names}
             lam = candidate
             if self.adaptive and self.final_check and t + 1 == num_steps:
-                with torch.no_grad():
-                    before, after = self._local_params(start), self._local_params(lam)
-                kept = improves(tester, args, kwargs, before, after, batch, global_values, self.margin).unsqueeze(-1)
+                kept = passes(start, lam)
                 lam = {name: torch.where(kept, lam[name], start[name]) for name in names}
             if t + 1 < num_steps or unroll:
                 leaves, step = gradient(lam)

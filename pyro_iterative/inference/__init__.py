@@ -22,7 +22,14 @@ from .batch import Batch, locate_batch
 from .cost import ModelPasses
 from .encodings import GRADIENT_ENCODINGS, encode_gradient, encoded_size, prediction_errors
 from .gradient import ELBOGradient, elbo_gradient
-from .inner_elbo import InnerELBO, ReplayScorer, check_observations, latent_masks, per_datapoint_elbo
+from .inner_elbo import (
+    InnerELBO,
+    ReplayScorer,
+    can_draw_pairs,
+    check_observations,
+    latent_masks,
+    per_datapoint_elbo,
+)
 from .networks import GatedUpdate, Highway, mlp
 from .optimize import DEFAULT_LEARNING_RATES, OPTIMIZERS, LocalOptimization, check_optimizer_settings, optimize_lambda
 from .parameters import CONSTRAINED_LOG_SCALE_RANGE, LOG_SCALE_RANGE, LocalParams, initial_lambda, local_params
@@ -50,6 +57,7 @@ __all__ = [
     "SiteLayout",
     "StepGroup",
     "TimeLayout",
+    "can_draw_pairs",
     "check_observations",
     "check_optimizer_settings",
     "discover_sites",

@@ -52,12 +52,24 @@ from .sites import ObservedSite, SiteLayout, model_mask
 __all__ = [
     "InnerELBO",
     "ReplayScorer",
+    "can_draw_pairs",
     "check_observations",
     "datapoint_mask",
     "enumerated_log_density",
     "latent_masks",
     "per_datapoint_elbo",
 ]
+
+
+def can_draw_pairs(layout: SiteLayout, num_particles: int, fast: bool = True) -> bool:
+    """Whether :class:`InnerELBO` can draw ``num_particles`` in antithetic pairs for this model: an even number, on the
+    fast path, with no enumerated site (enumeration takes the general path). The rule behind ``antithetic=None``.
+
+    Usage::
+
+        InnerELBO(model, layout, 2, antithetic=can_draw_pairs(layout, 2))   # pairs where they can be drawn
+    """
+    return num_particles % 2 == 0 and fast and not layout.enumerated_names
 
 
 def _base(q: dist.TorchDistribution) -> dist.TorchDistribution:
@@ -263,7 +275,7 @@ class InnerELBO:
         self.vectorize = vectorize
         self._vectorizing_checked = vectorize is not None
         self.antithetic = bool(antithetic)
-        if self.antithetic and (num_particles % 2 or not self.fast):
+        if self.antithetic and not can_draw_pairs(layout, num_particles, fast):
             raise ValueError(
                 "antithetic particles come in pairs drawn on the fast path: they need an even num_particles (got "
                 f"{num_particles}), fast=True and no enumerated sites (got fast={fast}, enumerated sites "

@@ -4,7 +4,7 @@ import pyro.poutine as poutine
 import pytest
 import torch
 
-from pyro_iterative.inference import Batch, InnerELBO
+from pyro_iterative.inference import Batch, InnerELBO, can_draw_pairs
 from pyro_iterative.inference.sites import discover_sites
 from pyro_iterative.models import LinearGaussian
 
@@ -103,8 +103,10 @@ def test_antithetic_pairs_mirror_in_unconstrained_space_and_need_an_even_number_
     assert z.shape == (4, 10, 2) and (z > 0).all()
     assert torch.allclose(z[:2].log() + z[2:].log(), 2 * loc.expand(2, 10, 2))
     for bad in ({"num_particles": 3}, {"num_particles": 2, "fast": False}):
+        assert not can_draw_pairs(layout, **bad)
         with pytest.raises(ValueError, match="antithetic particles come in pairs"):
             InnerELBO(model, layout, antithetic=True, **bad)
+    assert can_draw_pairs(layout, 4)
 
 
 def test_antithetic_pairs_one_particle_at_a_time_for_a_decoder_that_takes_only_batch_and_features():
