@@ -73,6 +73,7 @@ _PARSERS: dict[str, dict[str, Any]] = {
     "highway": {"action": "store_true"},
     "normalize_hidden": {"action": argparse.BooleanOptionalAction},
     "antithetic": {"action": argparse.BooleanOptionalAction},
+    "clip_encoder_gradient": {"action": argparse.BooleanOptionalAction},
     "seed": {"type": int},
 }
 

@@ -131,6 +131,12 @@ class RunConfig:
         "on for models of independent datapoints, off for sequence models, as the guides' defaults; "
         "--no-antithetic: one particle, as in the paper and every record made before it was a default)",
     )
+    clip_encoder_gradient: bool | None = option(
+        None,
+        help="the encoders (standard and semi-amortized) clip each datapoint's gradient to 3 times its running median "
+        "(default: on for models of independent datapoints, as the guides' default; sequence encoders have no clip; "
+        "--no-clip-encoder-gradient: the plain ELBO gradient of every record made before it was a default)",
+    )
     inner_lr: float | None = option(
         None,
         help="step size of a method's inner optimization: the semi-amortized guide's initial step size (default 0.1) "
@@ -181,6 +187,8 @@ class RunConfig:
             self.normalize_hidden = not spec.sequential
         if self.antithetic is None:
             self.antithetic = not spec.sequential
+        if self.clip_encoder_gradient is None:
+            self.clip_encoder_gradient = not spec.sequential
         if self.patience is not None and self.validation is None:
             raise ValueError("Early stopping (patience) reads the validation ELBO, never the test set's: give a "
                              "validation set as well (--validation N, e.g. 500).")
@@ -214,10 +222,10 @@ class RunConfig:
 
 #: Settings added to :class:`RunConfig` after the first release, with the value every run written before them was made
 #: with: a file that lacks one is read as this value (a default may since have changed: ``normalize_hidden``,
-#: ``antithetic``).
+#: ``antithetic``, ``clip_encoder_gradient``).
 ADDED_SETTINGS: dict[str, Any] = {
     "validation": None, "patience": None, "depth": 2, "highway": False, "normalize_hidden": False, "antithetic": False,
-    "inner_lr": None, "reference_steps": 50,
+    "inner_lr": None, "reference_steps": 50, "clip_encoder_gradient": False,
 }
 
 

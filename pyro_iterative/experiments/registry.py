@@ -153,6 +153,11 @@ def _update_options(config: "RunConfig") -> dict:
             "antithetic": None if config.antithetic else False}
 
 
+def _encoder_options(config: "RunConfig") -> dict:
+    """The encoders' setting that the run fixes: their gradient clip (the guides' default), or none."""
+    return {} if config.clip_encoder_gradient else {"clip_gradient": None}
+
+
 def _refuse_sequential(config: "RunConfig", method: str) -> None:
     if MODELS[config.model].sequential:
         raise ValueError(f"The method '{method}' is built for models of independent datapoints; for --model "
@@ -184,7 +189,8 @@ def _build_standard(model: Callable, x: torch.Tensor, config: "RunConfig") -> Am
     if MODELS[config.model].sequential:
         return matched_sequence_encoder(model, _iterative_guide(model, config), x, **_probe(x, config))
     return matched_amortized_guide(model, _iterative_guide(model, config), x, num_layers=config.depth,
-                                   guide_options={"observe": _observe(config)}, **_probe(x, config))
+                                   guide_options={"observe": _observe(config), **_encoder_options(config)},
+                                   **_probe(x, config))
 
 
 def _build_semi_amortized(model: Callable, x: torch.Tensor, config: "RunConfig") -> SemiAmortizedGuide:
@@ -195,7 +201,8 @@ def _build_semi_amortized(model: Callable, x: torch.Tensor, config: "RunConfig")
         return SequenceSemiAmortizedGuide(model, num_steps=config.iterations, rnn_dim=encoder.rnn_dim,
                                           **step).setup(x, **_probe(x, config))
     return SemiAmortizedGuide(model, num_steps=config.iterations, hidden_sizes=encoder.hidden_sizes,
-                              observe=_observe(config), **step).setup(x, **_probe(x, config))
+                              observe=_observe(config), **step, **_encoder_options(config)
+                              ).setup(x, **_probe(x, config))
 
 
 def _build_variational_em(model: Callable, x: torch.Tensor, config: "RunConfig") -> OptimizingGuide:
@@ -229,7 +236,8 @@ def _optimizing_at_test_time(model: Callable, guide: TrainableGuide, config: "Ru
 #: Every method of the comparison, in table order.
 METHODS: Registry[MethodSpec] = Registry("method")
 METHODS.register(MethodSpec(
-    "standard", lambda config: "Standard encoder", _build_standard, options=("hidden", "depth"),
+    "standard", lambda config: "Standard encoder", _build_standard,
+    options=("hidden", "depth", "clip_encoder_gradient"),
 ))
 METHODS.register(MethodSpec(
     "iterative", lambda config: f"Iterative (K={config.iterations})", _build_iterative,
@@ -241,7 +249,7 @@ METHODS.register(MethodSpec(
 ))
 METHODS.register(MethodSpec(
     "semi_amortized", lambda config: f"Semi-amortized (K={config.iterations})", _build_semi_amortized,
-    options=("iterations", "hidden", "depth", "inner_lr"),
+    options=("iterations", "hidden", "depth", "inner_lr", "clip_encoder_gradient"),
 ))
 METHODS.register(MethodSpec(
     "variational_em", lambda config: f"Variational EM (Adam, {config.iterations} steps)", _build_variational_em,

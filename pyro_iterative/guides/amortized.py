@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..inference.batch import Batch
+from ..inference.clipping import RunningMedianClip
 from ..inference.cost import ModelPasses
 from ..inference.encodings import encode_data
 from ..inference.networks import DEFAULT_HIDDEN_LAYERS, auto_width, mlp, shrink_output
@@ -48,16 +49,28 @@ class AmortizedGuide(LocalGuide):
         :data:`~pyro_iterative.inference.encodings.DATA_ENCODINGS` (default ``"symlog"``; ``"none"``: as they are).
     :param bool small_init: start with a zero output layer whose bias is lambda_0, so that a new encoder's q is
         ``init_loc``/``init_scale`` whatever the data (``False``: PyTorch's default initialisation).
+    :param clip_gradient: in training, each datapoint's gradient with respect to the encoder's output is clipped to
+        this many times the running median of recent batches' median gradient norms
+        (:class:`~pyro_iterative.inference.clipping.RunningMedianClip`), so that gradients far above their recent size
+        (a few datapoints, or a batch whose gradients have started to grow) cannot swing the encoder's outputs under
+        Adam; the model's gradient and every inference result are unchanged.
+        ``None``: the plain ELBO gradient, as in a textbook VAE and in the records made before it became the default.
+        On the model zoo it removed the loss spikes of a Gamma-Poisson model at Adam 3e-3 (11,246x to 2.1x here, and
+        from 121,907x to 9.6x in :class:`~pyro_iterative.guides.semi_amortized.SemiAmortizedGuide`) and raised this
+        guide's ELBO there by 159 nats; elsewhere it moved by 0.22 nats or less (``docs/defaults.md``).
     :param kwargs: ``plate_name``, ``num_particles``, ``init_loc``, ``init_scale``, ``global_init_scale``,
         ``create_plates``, ``observe``; see :class:`~pyro_iterative.guides.base.LocalGuide`.
     """
 
     def __init__(
         self, model: Callable, *, hidden_sizes: Sequence[int] | None = None, data_encoding: str = "symlog",
-        small_init: bool = False, **kwargs,
+        small_init: bool = False, clip_gradient: float | None = 3.0, **kwargs,
     ) -> None:
         encode_data(data_encoding, torch.zeros(1))  # validates the name
+        clip = None if clip_gradient is None else RunningMedianClip(clip_gradient)  # validates the factor
         super().__init__(model, **kwargs)
+        self.clip_gradient = clip_gradient
+        self._clip_encoder_gradient = clip
         self.hidden_sizes = None if hidden_sizes is None else tuple(hidden_sizes)
         self.data_encoding = data_encoding
         self.small_init = bool(small_init)
@@ -97,6 +110,8 @@ class AmortizedGuide(LocalGuide):
         """lambda for every local site, ``(batch, 2 * size)``, from one pass of the encoder."""
         encoder = self.encoder
         outputs = encoder(encode_data(self.data_encoding, self._read_data(args, kwargs, batch, global_values)))
+        if self._clip_encoder_gradient is not None:
+            outputs = self._clip_encoder_gradient(outputs)
         sites = self.layout.local_sites
         return dict(zip((s.name for s in sites), outputs.split([2 * s.size for s in sites], dim=-1)))
 

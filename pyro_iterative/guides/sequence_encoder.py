@@ -110,9 +110,13 @@ class SequenceEncoderGuide(AmortizedGuide):
             raise ValueError(f"{type(self).__name__} is sized by rnn_dim, not hidden_sizes.")
         if kwargs.get("small_init"):
             raise ValueError(f"{type(self).__name__} has no small_init: its combiner starts as Krishnan et al.'s.")
+        if kwargs.pop("clip_gradient", None) is not None:
+            raise ValueError(f"{type(self).__name__} has no clip_gradient: its encoder is trained on the plain ELBO "
+                             "gradient, as Krishnan et al.'s (for clipping, use pyro.optim.ClippedAdam, as Pyro's DMM "
+                             "example does).")
         if isinstance(rnn_dim, bool) or not isinstance(rnn_dim, int) or rnn_dim < 1:
             raise ValueError(f"rnn_dim must be a positive integer, got {rnn_dim!r}.")
-        super().__init__(model, **kwargs)
+        super().__init__(model, clip_gradient=None, **kwargs)
         self.rnn_dim = rnn_dim
         self.step = step
 

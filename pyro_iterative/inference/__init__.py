@@ -9,6 +9,8 @@
   contained;
 - :mod:`~pyro_iterative.inference.optimize`: lambda optimized with a torch optimizer;
 - :mod:`~pyro_iterative.inference.step_test`: whether a move of q helps, judged on common random numbers;
+- :mod:`~pyro_iterative.inference.clipping`: each datapoint's training gradient into an encoder, bounded by its
+  running median;
 - :mod:`~pyro_iterative.inference.encodings` and :mod:`~pyro_iterative.inference.networks`: what the update
   networks read, and the networks themselves;
 - :mod:`~pyro_iterative.inference.cost`: model passes, the unit of inference cost;
@@ -19,6 +21,7 @@ nothing else from the package.
 """
 
 from .batch import Batch, locate_batch
+from .clipping import RunningMedianClip
 from .cost import ModelPasses
 from .encodings import GRADIENT_ENCODINGS, encode_gradient, encoded_size, prediction_errors
 from .gradient import ELBOGradient, elbo_gradient
@@ -54,6 +57,7 @@ __all__ = [
     "OPTIMIZERS",
     "ObservedSite",
     "ReplayScorer",
+    "RunningMedianClip",
     "SiteLayout",
     "StepGroup",
     "TimeLayout",

@@ -289,10 +289,11 @@ def test_a_run_made_before_the_iterative_defaults_changed_is_read_as_made_withou
     assert new.training_key("iterative")["normalize_hidden"] is True and new.training_key("iterative")["antithetic"]
 
 
-@pytest.mark.parametrize("flags, expected", [([], (True, True)), (["--normalize-hidden", "--antithetic"], (True, True)),
-                                             (["--no-normalize-hidden", "--no-antithetic"], (False, False))])
-def test_the_iterative_defaults_on_the_command_line(tmp_path, flags, expected):
+@pytest.mark.parametrize("flags, expected", [
+    ([], (True, True, True)), (["--normalize-hidden", "--antithetic", "--clip-encoder-gradient"], (True, True, True)),
+    (["--no-normalize-hidden", "--no-antithetic", "--no-clip-encoder-gradient"], (False, False, False))])
+def test_the_guides_defaults_on_the_command_line(tmp_path, flags, expected):
     out = tmp_path / "run"
     assert main(["train", *TINY, "--method", "iterative", *flags, "--out", str(out)]) == 0
     saved = json.loads((out / "config.json").read_text())
-    assert (saved["normalize_hidden"], saved["antithetic"]) == expected
+    assert (saved["normalize_hidden"], saved["antithetic"], saved["clip_encoder_gradient"]) == expected

@@ -48,7 +48,8 @@ def test_every_method_builds_a_trainable_guide_at_matched_size():
 
 @pytest.mark.parametrize("knob", [{"highway": True}, {"depth": 3}, {"depth": 3, "highway": True},
                                   {"normalize_hidden": False}, {"depth": 3, "normalize_hidden": False},
-                                  {"antithetic": False}, {"depth": 3, "antithetic": False}])
+                                  {"antithetic": False}, {"depth": 3, "antithetic": False},
+                                  {"clip_encoder_gradient": False}])
 def test_every_tuning_knob_keeps_the_networks_matched(knob):
     config = RunConfig(latent_dim=3, hidden=24, iterations=2, batch_size=8, device="cpu")
     x = torch.rand(20, 12, generator=torch.Generator().manual_seed(0))
@@ -66,6 +67,8 @@ def test_every_tuning_knob_keeps_the_networks_matched(knob):
             assert all(net.normalize_hidden == guide.normalize_hidden for net in guide.update_nets)
             pair = knob.get("antithetic", True)
             assert (guide.num_particles, guide.pairs_particles()) == ((2, True) if pair else (1, False)), name
+        if name in ("standard", "semi_amortized"):
+            assert guide.clip_gradient == (3.0 if knob.get("clip_encoder_gradient", True) else None), name
 
 
 def test_inner_step_sizes_reach_the_guides():

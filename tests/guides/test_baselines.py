@@ -17,6 +17,7 @@ from pyro_iterative import (
     OptimizingGuide,
     PerDatapointGuide,
     SemiAmortizedGuide,
+    SequenceEncoderGuide,
     inference_parameters,
     matched_amortized_guide,
     optimize_local,
@@ -224,7 +225,7 @@ def test_adaptive_semi_amortized_training_signals_are_exact(monkeypatch, backpro
     model = LinearGaussian.orthogonal(data_dim=6, latent_dim=2, seed=3, learn=True)
     x = model.sample(16, seed=4).detach()
     guide = SemiAmortizedGuide(model, num_steps=4, lr=0.5, backprop=backprop, hidden_sizes=(16,),
-                               data_encoding="none", small_init=False).setup(x)
+                               data_encoding="none", small_init=False, clip_gradient=None).setup(x)
     encoder, decoder = list(guide.encoder.parameters()), list(model.parameters())
     Trace_ELBO(max_plate_nesting=1).loss_and_grads(model, guide, x)
     routed = [p.grad.clone() for p in encoder + decoder]
@@ -248,7 +249,7 @@ def test_semi_amortized_training_signals_are_exact(monkeypatch, backprop):
     x = model.sample(16, seed=4).detach()
     # SA-VAE's fixed rule (the encoder reads the raw data here, as the reference below does)
     guide = SemiAmortizedGuide(model, num_steps=3, lr=0.05, max_grad_norm=2.0, backprop=backprop, hidden_sizes=(16,),
-                               adaptive=False, momentum=0.5, data_encoding="none")
+                               adaptive=False, momentum=0.5, data_encoding="none", clip_gradient=None)
     guide.setup(x)
     encoder, decoder = list(guide.encoder.parameters()), list(model.parameters())
     Trace_ELBO(max_plate_nesting=1).loss_and_grads(model, guide, x)
@@ -262,6 +263,48 @@ def test_semi_amortized_training_signals_are_exact(monkeypatch, backprop):
     want_model = torch.autograd.grad(-elbo_at_mean(model, guide, x, lam_k.detach()).sum(), decoder)
     for got, want in zip(routed_encoder + routed_model, list(want_encoder) + list(want_model)):
         assert torch.allclose(got, want, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("guide_class, backprop", [(AmortizedGuide, None), (SemiAmortizedGuide, True),
+                                                    (SemiAmortizedGuide, False)])
+def test_the_encoders_gradient_clip_bounds_each_datapoints_gradient_and_nothing_else(monkeypatch, guide_class,
+                                                                                     backprop):
+    """The default clip, noise-free: the encoder learns from each datapoint's gradient with respect to its output,
+    scaled down to 3 batch medians where it is above (the first step's bound); the model's gradient is untouched."""
+    deterministic_samples(monkeypatch)
+    model = LinearGaussian.orthogonal(data_dim=6, latent_dim=2, seed=3, learn=True)
+    x = model.sample(16, seed=4).detach()
+    x[:3] *= 30.0  # three datapoints far from the rest: their gradients are far above the median
+    options = {} if backprop is None else {"num_steps": 3, "lr": 0.05, "adaptive": False, "backprop": backprop}
+    guide = guide_class(model, hidden_sizes=(16,), data_encoding="none", **options).setup(x)
+    assert guide.clip_gradient == 3.0  # the default
+    encoder, decoder = list(guide.encoder.parameters()), list(model.parameters())
+    Trace_ELBO(max_plate_nesting=1).loss_and_grads(model, guide, x)
+    routed = [p.grad.clone() for p in encoder + decoder]
+
+    lam0 = guide.encoder(x)
+    lam_k = lam0 if backprop is None else sgd_steps(model, guide, x, lam0, create_graph=backprop)
+    objective = elbo_at_mean(model, guide, x, lam_k if backprop in (None, True) else lam0).sum()
+    row_grads = torch.autograd.grad(-objective, lam0, retain_graph=True)[0]
+    norms = row_grads.norm(dim=-1, keepdim=True)
+    assert (norms > 3 * norms.median()).sum() >= 3  # the clip acts here
+    clipped = row_grads * (3 * norms.median() / norms).clamp(max=1.0)
+    want = list(torch.autograd.grad(lam0, encoder, clipped))
+    want += list(torch.autograd.grad(-elbo_at_mean(model, guide, x, lam_k.detach()).sum(), decoder))
+    for got, expected in zip(routed, want):
+        assert torch.allclose(got, expected, rtol=1e-6, atol=1e-8)
+    # the clip changes what the encoder learns from, never what it infers
+    plain = guide_class(model, hidden_sizes=(16,), data_encoding="none", clip_gradient=None, **options).setup(x)
+    plain.load_state_dict(guide.state_dict())
+    assert torch.equal(plain.refine(x).lam["z"], guide.refine(x).lam["z"])
+
+
+def test_sequence_encoders_have_no_gradient_clip():
+    from pyro_iterative.models import DMM
+
+    assert SequenceEncoderGuide(DMM(data_dim=3, z_dim=2), rnn_dim=4).clip_gradient is None
+    with pytest.raises(ValueError, match="no clip_gradient.*ClippedAdam"):
+        SequenceEncoderGuide(DMM(data_dim=3, z_dim=2), rnn_dim=4, clip_gradient=3.0)
 
 
 # ---------------------------------------------------------------------------------------------- options and costs
