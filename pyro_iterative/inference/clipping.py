@@ -1,11 +1,11 @@
 """Per-datapoint clipping of the training gradient that reaches an inference network: :class:`RunningMedianClip`.
 
-An encoder is trained through its output lambda, one row per datapoint. Where a few rows' ELBO gradients are orders
-of magnitude above the rest (narrow posteriors under a steep likelihood, such as counts in the hundreds), Adam's
-normalised steps can move every weight the same way at once and the encoder's outputs swing: the loss spikes by
-factors of thousands. This module holds a clip that bounds each row's gradient by a multiple of its recent typical
-size, which needs no scale from the user. Which networks use it is the guides' business; nothing here changes a
-forward pass.
+An encoder is trained through its output lambda, one row per datapoint. Where the ELBO's gradients there grow far
+above their usual size (narrow posteriors under a steep likelihood, such as counts in the hundreds: a few rows, or
+whole batches once training starts to oscillate), Adam's normalised steps can move every weight the same way at once
+and the encoder's outputs swing: the loss spikes by factors of thousands. This module holds a clip that bounds each
+row's gradient by a multiple of its recent typical size, which needs no scale from the user. Which networks use it
+is the guides' business; nothing here changes a forward pass.
 """
 
 from __future__ import annotations
