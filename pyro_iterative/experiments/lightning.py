@@ -356,8 +356,8 @@ class ELBOLightningModule(pl.LightningModule):
         """What :class:`RankZeroCheckpoint` saves: a :class:`~pyro_iterative.experiments.checkpoints.TrainingCheckpoint`
         of the Lightning loop (the torch optimizer's state, the number of processes), parameters on the CPU."""
 
-        def on_cpu(state: dict) -> dict:
-            return {key: value.detach().cpu() for key, value in state.items()}
+        def on_cpu(state: dict) -> dict:  # tensors to the CPU; a module's extra state (not a tensor) as it is
+            return {key: value.detach().cpu() if torch.is_tensor(value) else value for key, value in state.items()}
 
         return TrainingCheckpoint(
             config=dict(config or {}), engine="lightning", epoch=self.history[-1]["epoch"] if self.history else 0,

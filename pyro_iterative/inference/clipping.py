@@ -14,17 +14,21 @@ import statistics
 from collections import deque
 
 import torch
+from torch import nn
 
 __all__ = [
     "RunningMedianClip",
 ]
 
 
-class RunningMedianClip:
+class RunningMedianClip(nn.Module):
     """In the backward pass, scale each datapoint's gradient with respect to a network's output down to at most
     ``factor`` times a running median: the median, over the last ``window`` backward passes, of each pass's median
     per-datapoint gradient norm (the first pass uses its own). Rows below the bound, and non-finite rows, are left as
-    they are, and so is every row while that median is 0; the forward pass is the identity.
+    they are, and so is every row while that median is 0; the forward pass is the identity. The recent medians are
+    part of the ``state_dict`` (a module's extra state), so that a checkpointed run resumes exactly where it stopped.
+    Under data-parallel training each process measures its own shard (and a resumed run restores the saving
+    process's medians everywhere).
 
     The bound follows the model's own gradient scale, so it needs no tuning per model. It changes only what the network
     learns from (a datapoint's inference never depends on its batch-mates): a row far above its batch's typical size
@@ -45,14 +49,22 @@ class RunningMedianClip:
             raise ValueError(f"factor must be a number > 0 (running medians), got {factor!r}.")
         if isinstance(window, bool) or not isinstance(window, int) or window < 1:
             raise ValueError(f"window must be a positive integer, got {window!r}.")
+        super().__init__()
         self.factor = float(factor)
         self.history: deque[float] = deque(maxlen=window)
 
-    def __call__(self, output: torch.Tensor) -> torch.Tensor:
+    def forward(self, output: torch.Tensor) -> torch.Tensor:
         """``output`` itself, with the clip registered on its gradient where it has one."""
         if output.requires_grad:
             output.register_hook(self._clip)
         return output
+
+    def get_extra_state(self) -> dict:
+        return {"history": list(self.history)}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.history.clear()
+        self.history.extend(state["history"])
 
     def _clip(self, grad: torch.Tensor) -> torch.Tensor:
         norm = grad.norm(dim=-1, keepdim=True)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from pyro.nn import PyroModule
 
-from pyro_iterative import IterativeGuide
+from pyro_iterative import AmortizedGuide, IterativeGuide
 from pyro_iterative.experiments.checkpoints import CheckpointError, TrainingCheckpoint, write_json
 from pyro_iterative.experiments.engine import TrainingError, best_epoch, stopped_early, train
 from pyro_iterative.models import LinearGaussian
@@ -17,13 +17,14 @@ class Interrupt(Exception):
     pass
 
 
-def run(tmp_path, epochs, stop_after=None, resume=False):
+def run(tmp_path, epochs, stop_after=None, resume=False, guide_class=IterativeGuide):
     """Train a small model; with ``stop_after``, die (like a killed process) once that epoch is checkpointed."""
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     model = LinearGaussian.orthogonal(data_dim=6, latent_dim=2, seed=0, learn=True)
     x = model.sample(120, seed=1).detach()
-    guide = IterativeGuide(model, num_iterations=2, hidden_sizes=(16,))
+    options = {"num_iterations": 2} if guide_class is IterativeGuide else {}
+    guide = guide_class(model, hidden_sizes=(16,), **options)
     calls = []
 
     def evaluate():
@@ -38,12 +39,14 @@ def run(tmp_path, epochs, stop_after=None, resume=False):
     return model, guide, history
 
 
-def test_resumed_run_ends_exactly_like_an_uninterrupted_one(tmp_path):
-    model, guide, history = run(tmp_path / "whole", epochs=4)
+@pytest.mark.parametrize("guide_class", [IterativeGuide, AmortizedGuide])  # the encoder's gradient clip has a state
+def test_resumed_run_ends_exactly_like_an_uninterrupted_one(tmp_path, guide_class):
+    model, guide, history = run(tmp_path / "whole", epochs=4, guide_class=guide_class)
     with pytest.raises(Interrupt):
-        run(tmp_path / "cut", epochs=4, stop_after=2)
+        run(tmp_path / "cut", epochs=4, stop_after=2, guide_class=guide_class)
     assert TrainingCheckpoint.load(tmp_path / "cut" / "checkpoint.pt").epoch == 2
-    resumed_model, resumed_guide, resumed_history = run(tmp_path / "cut", epochs=4, resume=True)
+    resumed_model, resumed_guide, resumed_history = run(tmp_path / "cut", epochs=4, resume=True,
+                                                        guide_class=guide_class)
     strip = [{k: v for k, v in record.items() if k != "seconds"} for record in history]
     assert [{k: v for k, v in r.items() if k != "seconds"} for r in resumed_history] == strip
     for a, b in zip(list(model.parameters()) + list(guide.parameters()),
