@@ -103,7 +103,8 @@ def _optimize_from_the_optimum(**options) -> tuple[torch.Tensor, torch.Tensor | 
     pyro.set_rng_seed(0)
     result = optimize_local(model, x, init=guide, **options)
     loc, log_scale = result.lam["z"].split(2, dim=-1)
-    return model.elbo(x, loc, log_scale.exp()) - model.elbo(x, optimum.mean, optimum.stddev), result.kept
+    start, start_log_scale = lam["z"].split(2, dim=-1)  # the optimum as lambda holds it (exp(log(s)) may round)
+    return model.elbo(x, loc, log_scale.exp()) - model.elbo(x, start, start_log_scale.exp()), result.kept
 
 
 def test_optimize_local_defaults_leave_an_optimal_q_where_it_is():
