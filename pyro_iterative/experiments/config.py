@@ -133,9 +133,10 @@ class RunConfig:
     )
     clip_encoder_gradient: bool | None = option(
         None,
-        help="the encoders (standard and semi-amortized) clip each datapoint's gradient to 3 times its running median "
-        "(default: on for models of independent datapoints, as the guides' default; sequence encoders have no clip; "
-        "--no-clip-encoder-gradient: the plain ELBO gradient of every record made before it was a default)",
+        help="the encoders (standard, semi-amortized, and encoder_iterative's) clip each datapoint's gradient to 3 "
+        "times its running median (default: on for models of independent datapoints, as the guides' default; "
+        "sequence encoders have no clip; --no-clip-encoder-gradient: the plain ELBO gradient of every record made "
+        "before it was a default)",
     )
     inner_lr: float | None = option(
         None,

@@ -180,7 +180,8 @@ def _build_encoder_iterative(model: Callable, x: torch.Tensor, config: "RunConfi
     return matched_iterative_guide(
         model, _iterative_guide(model, config), x, guide_class=EncoderIterativeGuide, num_layers=config.depth,
         guide_options={"num_iterations": config.iterations, "encode": config.encode, "highway": config.highway,
-                       **_update_options(config), "observe": _observe(config)}, **_probe(x, config))
+                       **_update_options(config), "observe": _observe(config), **_encoder_options(config)},
+        **_probe(x, config))
 
 
 def _build_standard(model: Callable, x: torch.Tensor, config: "RunConfig") -> AmortizedGuide:
@@ -245,7 +246,8 @@ METHODS.register(MethodSpec(
 ))
 METHODS.register(MethodSpec(
     "encoder_iterative", lambda config: f"Encoder + iterative (K={config.iterations})", _build_encoder_iterative,
-    options=("iterations", "hidden", "encode", "depth", "highway", "normalize_hidden", "antithetic"),
+    options=("iterations", "hidden", "encode", "depth", "highway", "normalize_hidden", "antithetic",
+             "clip_encoder_gradient"),
 ))
 METHODS.register(MethodSpec(
     "semi_amortized", lambda config: f"Semi-amortized (K={config.iterations})", _build_semi_amortized,

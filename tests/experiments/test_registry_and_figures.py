@@ -67,7 +67,7 @@ def test_every_tuning_knob_keeps_the_networks_matched(knob):
             assert all(net.normalize_hidden == guide.normalize_hidden for net in guide.update_nets)
             pair = knob.get("antithetic", True)
             assert (guide.num_particles, guide.pairs_particles()) == ((2, True) if pair else (1, False)), name
-        if name in ("standard", "semi_amortized"):
+        if name in ("standard", "semi_amortized", "encoder_iterative"):
             assert guide.clip_gradient == (3.0 if knob.get("clip_encoder_gradient", True) else None), name
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from pyro.infer import SVI, Trace_ELBO
 
-from pyro_iterative import AmortizedGuide, IterativeGuide, SemiAmortizedGuide, optimize_local
+from pyro_iterative import AmortizedGuide, EncoderIterativeGuide, IterativeGuide, SemiAmortizedGuide, optimize_local
 from pyro_iterative.models import LinearGaussian
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
@@ -34,7 +34,8 @@ def _data(entry, size=64):
 
 ZOO_NAMES = ["mnist_vae", "learned_scale", "mixed", "poisson_gamma", "prod_lda", "factor_analysis", "small",
              "linear_gaussian"]
-GUIDES = {"iterative": IterativeGuide, "amortized": AmortizedGuide, "semi_amortized": SemiAmortizedGuide}
+GUIDES = {"iterative": IterativeGuide, "amortized": AmortizedGuide, "semi_amortized": SemiAmortizedGuide,
+          "encoder_iterative": EncoderIterativeGuide}
 
 
 @pytest.mark.parametrize("name", ZOO_NAMES)

@@ -3,8 +3,9 @@ matched_iterative_guide.
 
 What is checked: the training signals, exactly, against plain autograd with noise-free samples (the model gets the
 final ELBO's gradient, the update networks IterativeGuide's averaged ELBO, the encoder 1/K times the ELBO at its own
-lambda_0); batch independence; small_init; inference costs, counted; SVI training improves both the encoder's q and
-the refined q; highway update networks in IterativeGuide and SequentialIterativeGuide; matched parameter counts."""
+lambda_0, each datapoint's share clipped by the default gradient clip); batch independence; small_init; inference
+costs, counted; SVI training improves both the encoder's q and the refined q; highway update networks in
+IterativeGuide and SequentialIterativeGuide; matched parameter counts."""
 
 import pyro
 import pyro.distributions as dist
@@ -63,7 +64,9 @@ def test_training_signals_are_exact(monkeypatch, num_iterations):
         self._extended_shape(sample_shape)))
     model = LinearGaussian.orthogonal(data_dim=6, latent_dim=2, seed=3, learn=True)
     x = model.sample(16, seed=4).detach()
-    guide = small_guide(model, num_iterations=num_iterations, hidden_sizes=(16, 16), encoder_hidden_sizes=(16,))
+    # the plain gradient (the default clip is checked below)
+    guide = small_guide(model, num_iterations=num_iterations, hidden_sizes=(16, 16), encoder_hidden_sizes=(16,),
+                        clip_gradient=None)
     guide.setup(x)
     encoder, updates, decoder = (list(m.parameters()) for m in (guide.encoder, guide.update_nets, model))
     Trace_ELBO(max_plate_nesting=1).loss_and_grads(model, guide, x)
@@ -88,6 +91,44 @@ def test_training_signals_are_exact(monkeypatch, num_iterations):
     for got, expected in zip(routed[: len(encoder)], own, strict=True):
         assert torch.allclose(got * num_iterations, expected, rtol=1e-7, atol=1e-10)
     assert sum(float(g.abs().sum()) for g in routed[: len(encoder)]) > 1e-3
+
+
+def test_the_encoders_gradient_clip_bounds_each_datapoints_gradient_and_nothing_else(monkeypatch):
+    """The default clip, noise-free: the encoder learns from each datapoint's gradient with respect to lambda_0 (1/K
+    of the ELBO's there), scaled down to 3 batch medians where it is above (the first step's bound); the update
+    networks' and the model's gradients and the inference are those of the plain guide."""
+    monkeypatch.setattr(dist.Normal, "rsample", lambda self, sample_shape=torch.Size(): self.loc.expand(
+        self._extended_shape(sample_shape)))
+    model = LinearGaussian.orthogonal(data_dim=6, latent_dim=2, seed=3, learn=True)
+    x = model.sample(16, seed=4).detach()
+    x[:3] *= 30.0  # three datapoints far from the rest: their gradients are far above the median
+    sizes = {"num_iterations": 2, "hidden_sizes": (16, 16), "encoder_hidden_sizes": (16,)}
+    guide, plain = small_guide(model, **sizes).setup(x), small_guide(model, clip_gradient=None, **sizes).setup(x)
+    assert guide.clip_gradient == 3.0  # the default
+    plain.encoder.load_state_dict(guide.encoder.state_dict())
+    plain.update_nets.load_state_dict(guide.update_nets.state_dict())
+    routed = {}
+    for name, g in (("clip", guide), ("plain", plain)):
+        params = [*g.encoder.parameters(), *g.update_nets.parameters(), *model.parameters()]
+        for p in params:
+            p.grad = None
+        Trace_ELBO(max_plate_nesting=1).loss_and_grads(model, g, x)
+        routed[name] = [p.grad.clone() for p in params]
+    encoder = list(guide.encoder.parameters())
+    lam0 = guide.encoder(encode_data(guide.data_encoding, x))
+    row_grads = torch.autograd.grad(-elbo_at_mean(model, guide, x, lam0).sum() / 2, lam0, retain_graph=True)[0]
+    norms = row_grads.norm(dim=-1, keepdim=True)
+    assert (norms > 3 * norms.median()).sum() >= 3  # the clip acts here
+    clipped = row_grads * (3 * norms.median() / norms).clamp(max=1.0)
+    want = torch.autograd.grad(lam0, encoder, clipped, retain_graph=True)
+    for got, expected in zip(routed["clip"][: len(encoder)], want, strict=True):
+        assert torch.allclose(got, expected, rtol=1e-6, atol=1e-8)
+    for got, expected in zip(routed["plain"][: len(encoder)], torch.autograd.grad(lam0, encoder, row_grads)):
+        assert torch.allclose(got, expected, rtol=1e-6, atol=1e-8)  # without it, the plain gradient
+    assert not all(torch.allclose(a, b) for a, b in zip(routed["clip"][: len(encoder)], routed["plain"]))
+    for got, expected in zip(routed["clip"][len(encoder):], routed["plain"][len(encoder):], strict=True):
+        assert torch.equal(got, expected)  # the update networks and the model learn as without the clip
+    assert torch.equal(plain.refine(x).lam["z"], guide.refine(x).lam["z"])  # and it infers the same
 
 
 def test_one_svi_step_moves_every_network_parameter(linear_gaussian):
