@@ -74,6 +74,7 @@ _PARSERS: dict[str, dict[str, Any]] = {
     "normalize_hidden": {"action": argparse.BooleanOptionalAction},
     "antithetic": {"action": argparse.BooleanOptionalAction},
     "clip_encoder_gradient": {"action": argparse.BooleanOptionalAction},
+    "gate_init": {"action": argparse.BooleanOptionalAction},
     "seed": {"type": int},
 }
 

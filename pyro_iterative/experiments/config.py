@@ -131,6 +131,14 @@ class RunConfig:
         "on for models of independent datapoints, off for sequence models, as the guides' defaults; "
         "--no-antithetic: one particle, as in the paper and every record made before it was a default)",
     )
+    gate_init: bool | None = option(
+        None,
+        help="the iterative method's update networks start with their gates near 1 (bias +2, proposal bias 0), so that "
+        "an untrained update is a small step (default: on for models of independent datapoints, off for sequence "
+        "models, as the guides' defaults; encoder_iterative keeps PyTorch's start, its guide's default; "
+        "--no-gate-init: PyTorch's initialisation, as in the paper's code and every record made before it was a "
+        "default)",
+    )
     clip_encoder_gradient: bool | None = option(
         None,
         help="the encoders (standard, semi-amortized, and encoder_iterative's) clip each datapoint's gradient to 3 "
@@ -188,6 +196,8 @@ class RunConfig:
             self.normalize_hidden = not spec.sequential
         if self.antithetic is None:
             self.antithetic = not spec.sequential
+        if self.gate_init is None:
+            self.gate_init = not spec.sequential
         if self.clip_encoder_gradient is None:
             self.clip_encoder_gradient = not spec.sequential
         if self.patience is not None and self.validation is None:
@@ -223,10 +233,10 @@ class RunConfig:
 
 #: Settings added to :class:`RunConfig` after the first release, with the value every run written before them was made
 #: with: a file that lacks one is read as this value (a default may since have changed: ``normalize_hidden``,
-#: ``antithetic``, ``clip_encoder_gradient``).
+#: ``antithetic``, ``clip_encoder_gradient``, ``gate_init``).
 ADDED_SETTINGS: dict[str, Any] = {
     "validation": None, "patience": None, "depth": 2, "highway": False, "normalize_hidden": False, "antithetic": False,
-    "inner_lr": None, "reference_steps": 50, "clip_encoder_gradient": False,
+    "inner_lr": None, "reference_steps": 50, "clip_encoder_gradient": False, "gate_init": False,
 }
 
 

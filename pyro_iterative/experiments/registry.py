@@ -32,6 +32,7 @@ from ..guides.protocol import TrainableGuide
 from ..guides.semi_amortized import SemiAmortizedGuide
 from ..guides.sequence_encoder import SequenceEncoderGuide, SequenceSemiAmortizedGuide
 from ..guides.sequential import SequentialIterativeGuide
+from ..inference.networks import DEFAULT_GATE_BIAS
 from ..matching import matched_amortized_guide, matched_iterative_guide, matched_sequence_encoder
 
 if TYPE_CHECKING:
@@ -143,7 +144,7 @@ def _iterative_guide(model: Callable, config: "RunConfig") -> IterativeGuide | S
     (for a sequence model, one such network shared by every time step)."""
     guide_class = SequentialIterativeGuide if MODELS[config.model].sequential else IterativeGuide
     return guide_class(model, num_iterations=config.iterations, hidden_sizes=(config.hidden,) * 2,
-                       encode=config.encode, **_update_options(config))
+                       encode=config.encode, **_update_options(config), **_gate_options(config))
 
 
 def _update_options(config: "RunConfig") -> dict:
@@ -151,6 +152,11 @@ def _update_options(config: "RunConfig") -> dict:
     (independent ones on a model with enumerated sites, where pairs cannot be drawn) or one particle."""
     return {"normalize_hidden": config.normalize_hidden, "num_particles": 2 if config.antithetic else 1,
             "antithetic": None if config.antithetic else False}
+
+
+def _gate_options(config: "RunConfig") -> dict:
+    """The iterative method's gates: their initial bias near 1 (IterativeGuide's default), or PyTorch's start."""
+    return {"gate_bias": DEFAULT_GATE_BIAS if config.gate_init else None}
 
 
 def _encoder_options(config: "RunConfig") -> dict:
@@ -172,7 +178,7 @@ def _build_iterative(model: Callable, x: torch.Tensor, config: "RunConfig") -> I
     return matched_iterative_guide(
         model, reference, x, num_layers=config.depth, **_probe(x, config),
         guide_options={"num_iterations": config.iterations, "encode": config.encode, "highway": config.highway,
-                       **_update_options(config)})
+                       **_update_options(config), **_gate_options(config)})
 
 
 def _build_encoder_iterative(model: Callable, x: torch.Tensor, config: "RunConfig") -> EncoderIterativeGuide:
@@ -242,7 +248,8 @@ METHODS.register(MethodSpec(
 ))
 METHODS.register(MethodSpec(
     "iterative", lambda config: f"Iterative (K={config.iterations})", _build_iterative,
-    options=("iterations", "hidden", "encode", "depth", "highway", "normalize_hidden", "antithetic"), figures=True,
+    options=("iterations", "hidden", "encode", "depth", "highway", "normalize_hidden", "antithetic", "gate_init"),
+    figures=True,
 ))
 METHODS.register(MethodSpec(
     "encoder_iterative", lambda config: f"Encoder + iterative (K={config.iterations})", _build_encoder_iterative,

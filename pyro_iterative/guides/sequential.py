@@ -83,14 +83,17 @@ class SequentialIterativeGuide(IterativeGuide):
         (the deep Markov model's record was made without it).
     :param int num_particles: samples per sequence (one by default, for the same reason).
     :param antithetic: draw them in antithetic pairs (off by default here, for the same reason).
+    :param gate_bias: the gates' initial bias (see IterativeGuide); PyTorch's initialisation by default here, for the
+        same reason.
     """
 
     def __init__(
         self, model: Callable, *, neighbours: bool = True, step: Callable[[str], tuple[str, int] | None] = step_of,
-        normalize_hidden: bool = False, num_particles: int = 1, antithetic: bool | None = False, **kwargs,
+        normalize_hidden: bool = False, num_particles: int = 1, antithetic: bool | None = False,
+        gate_bias: float | None = None, **kwargs,
     ) -> None:
         super().__init__(model, normalize_hidden=normalize_hidden, num_particles=num_particles, antithetic=antithetic,
-                         **kwargs)
+                         gate_bias=gate_bias, **kwargs)
         if "errors" in self.encode:
             raise ValueError(f"encode must be a non-empty subset of ('gradient', 'data') for sequences, got "
                              f"{self.encode}.")
@@ -117,8 +120,9 @@ class SequentialIterativeGuide(IterativeGuide):
                 inputs += encoded_size(self.gradient_encoding, width)
             constant = group.data_size if "data" in self.encode else 0
             hidden = hidden_sizes or (auto_width(group.data_size + width),) * DEFAULT_HIDDEN_LAYERS
-            updates.append(GatedUpdate(inputs, width, hidden, constant_features=constant, small_init=self.small_init,
-                                       highway=self.highway, normalize_hidden=self.normalize_hidden))
+            updates.append(GatedUpdate(inputs, width, hidden, constant_features=constant, gate_bias=self.gate_bias,
+                                       small_init=self.small_init, highway=self.highway,
+                                       normalize_hidden=self.normalize_hidden))
         return nn.ModuleList(updates)
 
     def _setup_networks(self, layout: SiteLayout) -> None:

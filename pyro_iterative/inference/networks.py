@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 __all__ = [
+    "DEFAULT_GATE_BIAS",
     "DEFAULT_HIDDEN_LAYERS",
     "GatedUpdate",
     "Highway",
@@ -25,6 +26,11 @@ __all__ = [
 
 #: hidden layers of a guide's networks when the user gives no ``hidden_sizes`` (the paper's networks have two)
 DEFAULT_HIDDEN_LAYERS = 2
+
+#: the gate's initial bias in the iterative guides' update networks by default: ``sigmoid(2)`` is about 0.88, so an
+#: untrained update moves lambda an eighth of the way towards its (random) proposal; measured on the model zoo
+#: (``docs/defaults.md``)
+DEFAULT_GATE_BIAS = 2.0
 
 
 def auto_width(features: int, smallest: int = 32, largest: int = 512) -> int:
@@ -137,9 +143,13 @@ class GatedUpdate(nn.Module):
     :param out_features: width of ``lambda`` (location and log-scale of every coordinate).
     :param hidden_sizes: widths of the hidden ELU layers.
     :param constant_features: width of the constant input (0: none).
-    :param small_init: start as a small step: the gate's bias at +2 (``g`` about 0.88), both heads' weights zero
-        and the proposal's bias zero, so that an untrained update only shrinks lambda towards 0 (lambda_0 of a
-        standard-normal q stays where it is; ``False``: PyTorch's default initialisation, as in the paper's code).
+    :param gate_bias: the gate's initial bias, the proposal's bias then starting at zero (the heads' weights keep
+        PyTorch's initialisation): at +2 (``g`` about 0.88) an untrained update is a small step towards a random
+        proposal. ``None``: PyTorch's initialisation of both biases (``g`` about 0.5), as in the paper's code.
+    :param small_init: start as an even smaller step: both heads' weights zero, the proposal's bias zero and the
+        gate's bias at ``gate_bias`` (+2 where that is ``None``), so that an untrained update only shrinks lambda
+        towards 0 (lambda_0 of a standard-normal q stays where it is; ``False``: the heads' weights as PyTorch
+        initialises them).
     :param highway: the hidden-to-hidden layers are :class:`Highway` layers (as in the paper's reference code)
         instead of Linear + ELU: ``hidden_sizes`` must then be two or more equal widths, e.g. ``(512, 512)``, and each
         such layer has ``width ** 2 + width`` more parameters (its transform gate). ``False`` builds the same layers,
@@ -152,7 +162,8 @@ class GatedUpdate(nn.Module):
 
     def __init__(
         self, in_features: int, out_features: int, hidden_sizes: Sequence[int] = (512, 512), constant_features: int = 0,
-        *, small_init: bool = False, highway: bool = False, normalize_hidden: bool = False,
+        *, gate_bias: float | None = None, small_init: bool = False, highway: bool = False,
+        normalize_hidden: bool = False,
     ) -> None:
         super().__init__()
         self.normalize_hidden = bool(normalize_hidden)
@@ -175,8 +186,11 @@ class GatedUpdate(nn.Module):
         self.gate = nn.Linear(hidden_sizes[-1], out_features)
         self.delta = nn.Linear(hidden_sizes[-1], out_features)
         if small_init:
-            shrink_output(self.gate, bias=2.0)
+            shrink_output(self.gate, bias=DEFAULT_GATE_BIAS if gate_bias is None else gate_bias)
             shrink_output(self.delta, bias=0.0)
+        elif gate_bias is not None:
+            shrink_output(self.gate, bias=gate_bias, scale=1.0)
+            shrink_output(self.delta, bias=0.0, scale=1.0)
 
     def project(self, constant: torch.Tensor) -> torch.Tensor:
         """The first layer's share of the constant input, ``(batch, hidden_sizes[0])``: pass it to every call."""

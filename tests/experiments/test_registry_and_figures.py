@@ -49,7 +49,8 @@ def test_every_method_builds_a_trainable_guide_at_matched_size():
 @pytest.mark.parametrize("knob", [{"highway": True}, {"depth": 3}, {"depth": 3, "highway": True},
                                   {"normalize_hidden": False}, {"depth": 3, "normalize_hidden": False},
                                   {"antithetic": False}, {"depth": 3, "antithetic": False},
-                                  {"clip_encoder_gradient": False}])
+                                  {"clip_encoder_gradient": False}, {"gate_init": False},
+                                  {"depth": 3, "gate_init": False}])
 def test_every_tuning_knob_keeps_the_networks_matched(knob):
     config = RunConfig(latent_dim=3, hidden=24, iterations=2, batch_size=8, device="cpu")
     x = torch.rand(20, 12, generator=torch.Generator().manual_seed(0))
@@ -67,6 +68,10 @@ def test_every_tuning_knob_keeps_the_networks_matched(knob):
             assert all(net.normalize_hidden == guide.normalize_hidden for net in guide.update_nets)
             pair = knob.get("antithetic", True)
             assert (guide.num_particles, guide.pairs_particles()) == ((2, True) if pair else (1, False)), name
+            # the iterative method's gates start near 1 unless --no-gate-init; encoder_iterative keeps PyTorch's start
+            started = knob.get("gate_init", True) and name == "iterative"
+            assert guide.gate_bias == (2.0 if started else None), name
+            assert all(bool((net.gate.bias == 2.0).all()) == started for net in guide.update_nets), name
         if name in ("standard", "semi_amortized", "encoder_iterative"):
             assert guide.clip_gradient == (3.0 if knob.get("clip_encoder_gradient", True) else None), name
 

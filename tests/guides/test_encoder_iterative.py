@@ -289,6 +289,25 @@ def test_normalised_hidden_layers_are_the_iid_default_reach_every_iterative_guid
     assert sequential.update_nets[0].normalize_hidden
 
 
+def test_the_gates_start_near_1_in_iterative_guide_only(linear_gaussian):
+    """IterativeGuide's default (measured on the zoo); EncoderIterativeGuide and SequentialIterativeGuide keep
+    PyTorch's start unless asked."""
+    model, x_train, _ = linear_gaussian
+    iterative = IterativeGuide(model, hidden_sizes=(16, 16)).setup(x_train[:2])
+    assert iterative.gate_bias == 2.0 and (iterative.update_nets[0].gate.bias == 2.0).all()
+    assert (iterative.update_nets[0].delta.bias == 0.0).all()
+    pyro.clear_param_store()
+    encoder_iterative = small_guide(model).setup(x_train[:2])
+    assert encoder_iterative.gate_bias is None and not (encoder_iterative.update_nets[0].gate.bias == 2.0).any()
+    pyro.clear_param_store()
+    assert (small_guide(model, gate_bias=2.0).setup(x_train[:2]).update_nets[0].gate.bias == 2.0).all()
+    torch.manual_seed(0)
+    dmm = DMM(data_dim=4, z_dim=3, transition_dim=8, emission_dim=8).to(torch.float64)
+    sequences, lengths = synthetic_sequences(4, max_length=5, data_dim=4, seed=0, dtype=torch.float64)
+    sequential = SequentialIterativeGuide(dmm, hidden_sizes=(8, 8)).setup(sequences, lengths)
+    assert sequential.gate_bias is None and not (sequential.update_nets[0].gate.bias == 2.0).any()
+
+
 # ---------------------------------------------------------------------------------------------- matching
 
 

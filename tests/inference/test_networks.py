@@ -1,5 +1,6 @@
 """GatedUpdate: the constant input's projection computed once is the same function as one wider first layer;
-Highway layers and GatedUpdate's highway body (shapes, initial gate, parameters, errors); default names unchanged."""
+Highway layers and GatedUpdate's highway body (shapes, initial gate, parameters, errors); default names unchanged;
+the gate's initial bias and small_init."""
 
 import pytest
 import torch
@@ -145,3 +146,36 @@ def test_normalised_hidden_layers_keep_the_gate_off_its_limits_on_inputs_of_any_
     # per datapoint: a row's update does not depend on its batch-mates
     alone = normalised(inputs[:1], lam[:1], normalised.project(constant[:1]))
     torch.testing.assert_close(alone, normalised(inputs, lam, normalised.project(constant))[:1], rtol=1e-12, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------------ the gate's start
+
+
+def test_the_gate_bias_sets_the_heads_biases_and_keeps_every_weight():
+    torch.manual_seed(0)
+    plain = GatedUpdate(in_features=6, out_features=4, hidden_sizes=(16, 16), constant_features=5)
+    torch.manual_seed(0)
+    started = GatedUpdate(in_features=6, out_features=4, hidden_sizes=(16, 16), constant_features=5, gate_bias=2.0)
+    for name, value in started.state_dict().items():
+        if name == "gate.bias":
+            assert (value == 2.0).all()
+        elif name == "delta.bias":
+            assert (value == 0.0).all()
+        else:
+            torch.testing.assert_close(value, plain.state_dict()[name], rtol=0, atol=0)
+    assert not (plain.state_dict()["gate.bias"] == 2.0).any()  # PyTorch's start is another
+    # the same update but for the heads' biases: the gate's pre-activation moves by (2 - PyTorch's bias)
+    inputs, constant, lam = torch.randn(7, 6), torch.randn(7, 5), torch.randn(7, 4)
+    pre = {}
+    for name, net in (("plain", plain), ("started", started)):
+        net.gate.register_forward_hook(lambda module, args, out, name=name: pre.setdefault(name, out))
+        net(inputs, lam, net.project(constant))
+    torch.testing.assert_close(pre["started"], pre["plain"] - plain.gate.bias + 2.0)
+    assert torch.sigmoid(pre["started"]).mean() > torch.sigmoid(pre["plain"]).mean() + 0.2  # gates nearer 1
+
+
+@pytest.mark.parametrize("gate_bias, expected", [(None, 2.0), (2.0, 2.0), (3.0, 3.0)])
+def test_small_init_zeroes_the_heads_weights_and_starts_the_gate_at_its_bias(gate_bias, expected):
+    net = GatedUpdate(in_features=3, out_features=2, hidden_sizes=(8,), gate_bias=gate_bias, small_init=True)
+    assert (net.gate.weight == 0).all() and (net.delta.weight == 0).all() and (net.delta.bias == 0).all()
+    assert (net.gate.bias == expected).all()

@@ -72,9 +72,10 @@ def test_m2_refuses_rows_without_a_valid_label_column():
         with_labels(torch.zeros(3, 4), torch.zeros(2))
 
 
-def test_m2_learns_to_classify_from_a_few_labels():
-    """Two classes of 8-pixel patterns, 10 labels of 200 datapoints: the model's own p(y|x), estimated with the
-    guide's q(z|x), classifies the unlabelled datapoints far better than chance."""
+def _m2_accuracy(seed: int) -> float:
+    """Accuracy of M2's own p(y|x) on the unlabelled datapoints after 300 SVI steps at ``seed``."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(seed)
     generator = torch.Generator().manual_seed(0)
     labels = torch.randint(0, 2, (200,), generator=generator)
     prototypes = torch.tensor([[0.9] * 4 + [0.1] * 4, [0.1] * 4 + [0.9] * 4])
@@ -87,5 +88,14 @@ def test_m2_learns_to_classify_from_a_few_labels():
         svi.step(rows, subsample_size=50)
     hidden = with_labels(pixels, labels, known=torch.zeros(200, dtype=torch.bool))
     probs = discrete_posterior(model, guide, "y", hidden, num_samples=20)
-    accuracy = (probs.argmax(-1) == labels).float().mean()
-    assert accuracy > 0.9, accuracy
+    return float((probs.argmax(-1) == labels).float().mean())
+
+
+def test_m2_learns_to_classify_from_a_few_labels():
+    """Two classes of 8-pixel patterns, 10 labels of 200 datapoints: the model's own p(y|x), estimated with the
+    guide's q(z|x), classifies the unlabelled datapoints far better than chance, on average over five seeds. (One
+    seed's accuracy is bimodal, about 1.0 or 0.8-0.9, whatever the guide's initialisation: with the update
+    networks' gates at PyTorch's start seeds 0-4 gave 0.995, 1.0, 0.87, 0.875, 1.0, and with the default start
+    0.895, 1.0, 0.88, 0.87, 1.0; the test once asserted seed 0 alone.)"""
+    accuracies = [_m2_accuracy(seed) for seed in range(5)]
+    assert sum(accuracies) / len(accuracies) > 0.9, accuracies
