@@ -27,9 +27,9 @@ __all__ = [
 #: hidden layers of a guide's networks when the user gives no ``hidden_sizes`` (the paper's networks have two)
 DEFAULT_HIDDEN_LAYERS = 2
 
-#: the gate's initial bias in the iterative guides' update networks by default: ``sigmoid(2)`` is about 0.88, so an
-#: untrained update moves lambda an eighth of the way towards its (random) proposal; measured on the model zoo
-#: (``docs/defaults.md``)
+#: IterativeGuide's default initial bias of its update networks' gates: ``sigmoid(2)`` is about 0.88, so an untrained
+#: update moves lambda an eighth of the way towards its (random) proposal; measured on the model zoo
+#: (``docs/defaults.md``). ``GatedUpdate`` itself and the other iterative guides start as PyTorch does.
 DEFAULT_GATE_BIAS = 2.0
 
 
