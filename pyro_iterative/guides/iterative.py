@@ -7,6 +7,7 @@ in :mod:`pyro_iterative.guides.base`; the ELBO gradient step in :mod:`pyro_itera
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import torch
@@ -137,6 +138,10 @@ class IterativeGuide(LocalGuide):
         encode = tuple(encode)
         if not encode or set(encode) - set(ENCODABLE):
             raise ValueError(f"encode must be a non-empty subset of {tuple(ENCODABLE)}, got {encode}.")
+        if gate_bias is not None and (isinstance(gate_bias, bool) or not isinstance(gate_bias, (int, float))
+                                      or not math.isfinite(gate_bias)):
+            raise ValueError(f"gate_bias must be a finite number (the default {DEFAULT_GATE_BIAS}) or None for "
+                             f"PyTorch's initialisation, got {gate_bias!r}.")
         encoded_size(gradient_encoding, 1)  # validates the name
         encode_data(data_encoding, torch.zeros(1))  # validates the name
         super().__init__(model, num_particles=num_particles, antithetic=antithetic, **kwargs)

@@ -188,9 +188,9 @@ class GatedUpdate(nn.Module):
         if small_init:
             shrink_output(self.gate, bias=DEFAULT_GATE_BIAS if gate_bias is None else gate_bias)
             shrink_output(self.delta, bias=0.0)
-        elif gate_bias is not None:
-            shrink_output(self.gate, bias=gate_bias, scale=1.0)
-            shrink_output(self.delta, bias=0.0, scale=1.0)
+        elif gate_bias is not None:  # the biases only: the weights stay as PyTorch initialised them
+            nn.init.constant_(self.gate.bias, gate_bias)
+            nn.init.zeros_(self.delta.bias)
 
     def project(self, constant: torch.Tensor) -> torch.Tensor:
         """The first layer's share of the constant input, ``(batch, hidden_sizes[0])``: pass it to every call."""

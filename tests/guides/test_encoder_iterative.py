@@ -306,6 +306,9 @@ def test_the_gates_start_near_1_in_iterative_guide_only(linear_gaussian):
     sequences, lengths = synthetic_sequences(4, max_length=5, data_dim=4, seed=0, dtype=torch.float64)
     sequential = SequentialIterativeGuide(dmm, hidden_sizes=(8, 8)).setup(sequences, lengths)
     assert sequential.gate_bias is None and not (sequential.update_nets[0].gate.bias == 2.0).any()
+    for bad in (float("nan"), float("inf"), "2", True):
+        with pytest.raises(ValueError, match="gate_bias must be a finite number"):
+            IterativeGuide(model, gate_bias=bad)
 
 
 # ---------------------------------------------------------------------------------------------- matching
