@@ -108,12 +108,8 @@ class AmortizedGuide(LocalGuide):
         self, args: tuple, kwargs: dict, batch: Batch, global_values: dict[str, torch.Tensor]
     ) -> dict[str, torch.Tensor]:
         """lambda for every local site, ``(batch, 2 * size)``, from one pass of the encoder."""
-        encoder = self.encoder
-        outputs = encoder(encode_data(self.data_encoding, self._read_data(args, kwargs, batch, global_values)))
-        if self._clip_encoder_gradient is not None:
-            outputs = self._clip_encoder_gradient(outputs)
-        sites = self.layout.local_sites
-        return dict(zip((s.name for s in sites), outputs.split([2 * s.size for s in sites], dim=-1)))
+        return self._lambda_from_encoder(self.encoder, self.data_encoding, self._clip_encoder_gradient, args, kwargs,
+                                         batch, global_values)
 
     def _refine(
         self,

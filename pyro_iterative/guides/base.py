@@ -31,6 +31,7 @@ from pyro.poutine.util import site_is_subsample
 
 from ..inference.batch import Batch, locate_batch
 from ..inference.cost import ModelPasses
+from ..inference.encodings import encode_data
 from ..inference.gradient import ELBOGradient
 from ..inference.inner_elbo import InnerELBO, can_draw_pairs, check_observations, latent_masks
 from ..inference.parameters import LocalParams, initial_lambda, local_params
@@ -388,6 +389,21 @@ class LocalGuide(AutoGuide):
             _, model_trace = self._reader.trace(args, kwargs, params, batch, global_values)
         check_observations(model_trace, self.layout)
         return self._observed_data(model_trace).to(like)
+
+    def _lambda_from_encoder(
+        self, encoder: Callable, data_encoding: str, clip: Callable | None, args: tuple, kwargs: dict, batch: Batch,
+        global_values: dict[str, torch.Tensor],
+    ) -> dict[str, torch.Tensor]:
+        """lambda of every local site, ``(batch, 2 * size)``, from one pass of ``encoder`` over the batch's observed
+        values read through ``data_encoding``; ``clip`` (a
+        :class:`~pyro_iterative.inference.clipping.RunningMedianClip`, or ``None``) acts on the training gradient of
+        the encoder's output. The encoders of :class:`~pyro_iterative.guides.amortized.AmortizedGuide` and
+        :class:`~pyro_iterative.guides.encoder_iterative.EncoderIterativeGuide`."""
+        outputs = encoder(encode_data(data_encoding, self._read_data(args, kwargs, batch, global_values)))
+        if clip is not None:
+            outputs = clip(outputs)
+        sites = self.layout.local_sites
+        return dict(zip((s.name for s in sites), outputs.split([2 * s.size for s in sites], dim=-1)))
 
     def _reads_data_by_running_the_model(self) -> int:
         """One forward pass (of one particle) to read the data where no ``observe`` was given."""

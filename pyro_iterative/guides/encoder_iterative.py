@@ -14,7 +14,6 @@ import torch
 from ..inference.batch import Batch
 from ..inference.clipping import RunningMedianClip
 from ..inference.cost import ModelPasses
-from ..inference.encodings import encode_data
 from ..inference.networks import DEFAULT_HIDDEN_LAYERS, auto_width, shrink_output
 from ..inference.parameters import initial_lambda
 from ..inference.sites import SiteLayout
@@ -125,11 +124,8 @@ class EncoderIterativeGuide(IterativeGuide):
         """lambda_0 for every local site, ``(batch, 2 * size)``, from one pass of the encoder (with its graph when
         training: the refinement then adds its ELBO to the networks' surrogate loss)."""
         encoder = self.encoder  # read here, outside any poutine.block, so that SVI sees its parameters
-        outputs = encoder(encode_data(self.data_encoding, self._read_data(args, kwargs, batch, global_values)))
-        if self._clip_encoder_gradient is not None:
-            outputs = self._clip_encoder_gradient(outputs)
-        sites = self.layout.local_sites
-        return dict(zip((s.name for s in sites), outputs.split([2 * s.size for s in sites], dim=-1)))
+        return self._lambda_from_encoder(encoder, self.data_encoding, self._clip_encoder_gradient, args, kwargs, batch,
+                                         global_values)
 
     def inference_cost(self, num_iterations: int | None = None) -> ModelPasses:
         """IterativeGuide's ``num_iterations`` forward and backward passes per datapoint, and one forward pass to read
