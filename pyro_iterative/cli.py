@@ -75,6 +75,7 @@ _PARSERS: dict[str, dict[str, Any]] = {
     "antithetic": {"action": argparse.BooleanOptionalAction},
     "clip_encoder_gradient": {"action": argparse.BooleanOptionalAction},
     "gate_init": {"action": argparse.BooleanOptionalAction},
+    "final_check": {"action": argparse.BooleanOptionalAction},
     "seed": {"type": int},
 }
 

@@ -139,6 +139,13 @@ class RunConfig:
         "--no-gate-init: PyTorch's initialisation, as in the paper's code and every record made before it was a "
         "default)",
     )
+    final_check: bool | None = option(
+        None,
+        help="the semi-amortized method checks its refined q against its encoder's after the last step, at evaluation "
+        "only (training is unchanged), keeping the encoder's q wherever the steps did not raise the ELBO by a standard "
+        "error (default: on for models of independent datapoints, off for sequence models, as the guides' defaults; "
+        "--no-final-check: no check, as in every record made before it was a default)",
+    )
     clip_encoder_gradient: bool | None = option(
         None,
         help="the encoders (standard, semi-amortized, and encoder_iterative's) clip each datapoint's gradient to 3 "
@@ -200,6 +207,8 @@ class RunConfig:
             self.gate_init = not spec.sequential
         if self.clip_encoder_gradient is None:
             self.clip_encoder_gradient = not spec.sequential
+        if self.final_check is None:
+            self.final_check = not spec.sequential
         if self.patience is not None and self.validation is None:
             raise ValueError("Early stopping (patience) reads the validation ELBO, never the test set's: give a "
                              "validation set as well (--validation N, e.g. 500).")
@@ -233,10 +242,11 @@ class RunConfig:
 
 #: Settings added to :class:`RunConfig` after the first release, with the value every run written before them was made
 #: with: a file that lacks one is read as this value (a default may since have changed: ``normalize_hidden``,
-#: ``antithetic``, ``clip_encoder_gradient``, ``gate_init``).
+#: ``antithetic``, ``clip_encoder_gradient``, ``gate_init``, ``final_check``).
 ADDED_SETTINGS: dict[str, Any] = {
     "validation": None, "patience": None, "depth": 2, "highway": False, "normalize_hidden": False, "antithetic": False,
     "inner_lr": None, "reference_steps": 50, "clip_encoder_gradient": False, "gate_init": False,
+    "final_check": False,
 }
 
 

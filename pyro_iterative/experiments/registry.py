@@ -204,6 +204,8 @@ def _build_semi_amortized(model: Callable, x: torch.Tensor, config: "RunConfig")
     encoder = _build_standard(model, x, config)
     # Its default step rule (adaptive per-datapoint step sizes), as a user gets it: no step size tuned on MNIST.
     step = {} if config.inner_lr is None else {"lr": config.inner_lr}
+    # The final check runs at evaluation only ("inference"), so training is the same with or without it.
+    step["final_check"] = "inference" if config.final_check else False
     if isinstance(encoder, SequenceEncoderGuide):
         return SequenceSemiAmortizedGuide(model, num_steps=config.iterations, rnn_dim=encoder.rnn_dim,
                                           **step).setup(x, **_probe(x, config))
@@ -258,7 +260,7 @@ METHODS.register(MethodSpec(
 ))
 METHODS.register(MethodSpec(
     "semi_amortized", lambda config: f"Semi-amortized (K={config.iterations})", _build_semi_amortized,
-    options=("iterations", "hidden", "depth", "inner_lr", "clip_encoder_gradient"),
+    options=("iterations", "hidden", "depth", "inner_lr", "clip_encoder_gradient", "final_check"),
 ))
 METHODS.register(MethodSpec(
     "variational_em", lambda config: f"Variational EM (Adam, {config.iterations} steps)", _build_variational_em,

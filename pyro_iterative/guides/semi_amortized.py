@@ -21,8 +21,13 @@ from .amortized import AmortizedGuide
 from .base import Refinement
 
 __all__ = [
+    "FINAL_CHECKS",
     "SemiAmortizedGuide",
 ]
+
+#: The settings of :class:`SemiAmortizedGuide`'s ``final_check``: in training and at inference, never, at inference
+#: only (the default).
+FINAL_CHECKS: tuple = (True, False, "inference")
 
 
 class SemiAmortizedGuide(AmortizedGuide):
@@ -40,8 +45,9 @@ class SemiAmortizedGuide(AmortizedGuide):
       the model's scale, and near an optimum, where a step's effect is smaller than the noise, most steps are undone:
       no step size is tuned per model (at the exact optimum of a linear-Gaussian model, 5 steps lose 0.008 nats per
       datapoint on average, against 0.21 for a one-draw test, and 1e-4 with ``margin=3``, which the model zoo
-      (``docs/defaults.md``) found too strict elsewhere). The test costs ``2 * test_particles`` forward passes of the
-      model per step (vectorized over the particles).
+      (``docs/defaults.md``) found too strict elsewhere; the final check, below, sends most of that loss back at
+      inference). The test costs ``2 * test_particles`` forward passes of the model per step (vectorized over the
+      particles).
     - ``adaptive=False``: plain SGD with momentum, ``v <- momentum * v + g``, ``lambda <- lambda + lr * v``; Kim et
       al.'s SA-VAE used ``lr=1.0, momentum=0.5, max_grad_norm=5.0``, which diverges on models of higher curvature.
 
@@ -57,6 +63,7 @@ class SemiAmortizedGuide(AmortizedGuide):
         svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
         guide.elbo_trajectory(x_test)   # shape (num_steps + 1, batch)
         sa_vae = SemiAmortizedGuide(model, adaptive=False, lr=1.0, momentum=0.5)   # Kim et al.'s rule
+        unchecked = SemiAmortizedGuide(model, final_check=False)   # no final check at inference
 
     :param int num_steps: refinement steps per call; may be changed after training.
     :param float lr: step size (with ``adaptive``, each datapoint's initial step size).
@@ -66,13 +73,19 @@ class SemiAmortizedGuide(AmortizedGuide):
     :param int test_particles: with ``adaptive``, the common-noise draws per datapoint that judge a step (with 1 a
         step is kept whenever its single paired estimate does not fall, without a standard error).
     :param float margin: with ``adaptive``, the standard errors of the paired gain a step must clear to be kept.
-    :param bool final_check: with ``adaptive``, after the last step each datapoint keeps its refined q only where the
-        same test, on fresh draws, finds it better than the encoder's by ``margin`` standard errors, and goes back to
-        the encoder's q elsewhere: steps that each passed their test can still add up to a small loss where the
-        encoder's q is already at the optimum (at the exact optimum of a linear-Gaussian model, 5 steps lose 0.0003
-        nats per datapoint with it, 0.008 without: tested). ``2 * test_particles`` more forward passes per call. Off
-        by default: trained through it, the guide got stuck on the model zoo's Gamma-Poisson model at Adam 3e-3
-        (``docs/defaults.md``).
+    :param final_check: with ``adaptive``, after the last step each datapoint keeps its refined q only where a test
+        on ``check_particles`` fresh draws finds it better than the encoder's by ``margin`` standard errors, and goes
+        back to the encoder's q elsewhere: steps that each passed their test can still add up to a small loss where the
+        encoder's q is already at the optimum. ``"inference"`` (the default): only where the guide runs without
+        gradients (evaluation, :meth:`elbo_trajectory`, ``Predictive``, anything under ``torch.no_grad()``), so that
+        training is exactly that of ``False``. On the model zoo's two models where the encoder's q is at the optimum
+        the steps lost 0.003-0.006 nats per datapoint from it without the check and at most 0.0005 with it; elsewhere
+        the check changed the final q by 0.0085 nats or less (``docs/defaults.md``). ``True``: in training as well
+        (trained through it, the guide got stuck on the zoo's Gamma-Poisson model at Adam 3e-3). ``False``: never, as
+        in the records made before it was the default. ``2 * check_particles`` more forward passes per call where it
+        runs.
+    :param int check_particles: the draws of the final check (32: with 8, the check sent back datapoints whose steps
+        had gained, 0.064 nats on the zoo's factor-analysis model, against 0.0085 with 32).
     :param bool backprop: SA-VAE training (through the steps) or Krishnan et al. (encoder on its own ELBO).
     :param kwargs: ``hidden_sizes`` and the options of :class:`~pyro_iterative.guides.amortized.AmortizedGuide`,
         among them its encoder's gradient clip in training (``clip_gradient=3.0``; ``None``: the plain gradient, pulled
@@ -91,14 +104,18 @@ class SemiAmortizedGuide(AmortizedGuide):
         max_grad_norm: float | None = 5.0,
         adaptive: bool = True,
         test_particles: int = 8,
+        check_particles: int = 32,
         margin: float = 1.0,
-        final_check: bool = False,
+        final_check: bool | str = "inference",
         backprop: bool = True,
         **kwargs,
     ) -> None:
         self._check_steps(num_steps)
-        if not isinstance(test_particles, int) or test_particles < 1:
-            raise ValueError(f"test_particles must be a positive integer, got {test_particles!r}.")
+        for name, value in (("test_particles", test_particles), ("check_particles", check_particles)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        if not (isinstance(final_check, bool) or (isinstance(final_check, str) and final_check in FINAL_CHECKS)):
+            raise ValueError(f"final_check must be one of {FINAL_CHECKS}, got {final_check!r}.")
         if not margin >= 0:
             raise ValueError(f"margin must be a number of standard errors >= 0, got {margin!r}.")
         if not lr > 0 or not 0 <= momentum < 1 or (max_grad_norm is not None and not max_grad_norm > 0):
@@ -113,10 +130,11 @@ class SemiAmortizedGuide(AmortizedGuide):
         self.max_grad_norm = max_grad_norm
         self.adaptive = bool(adaptive)
         self.test_particles = test_particles
+        self.check_particles = check_particles
         self.margin = float(margin)
-        self.final_check = bool(final_check)
+        self.final_check = final_check
         self.backprop = bool(backprop)
-        self._tester: InnerELBO | None = None
+        self._testers: dict[int, InnerELBO] = {}
 
     _refinement_gives_masks = True
 
@@ -127,21 +145,22 @@ class SemiAmortizedGuide(AmortizedGuide):
 
     def inference_cost(self, num_iterations: int | None = None) -> ModelPasses:
         """One forward and backward pass per step and particle, ``2 * test_particles`` more forward passes per step
-        with ``adaptive`` (its test) and once more with ``final_check``, and one forward pass to read the data without
-        ``observe``."""
+        with ``adaptive`` (its test), ``2 * check_particles`` once with ``final_check`` (counted by default: the cost is
+        that of inference, where the check runs), and one forward pass to read the data without ``observe``."""
         steps = self.num_steps if num_iterations is None else num_iterations
         per_step = self.num_particles + (2 * self.test_particles if self.adaptive else 0)
-        check = 2 * self.test_particles if self.adaptive and self.final_check else 0
+        check = 2 * self.check_particles if self.adaptive and self.final_check in (True, "inference") else 0
         forward = steps * per_step + check + self._reads_data_by_running_the_model()
         return ModelPasses(forward=forward, backward=steps * self.num_particles)
 
-    def _test_elbo(self) -> InnerELBO:
-        """The ELBO estimator of the adaptive rule's test (kept, so that it remembers whether it can vectorize)."""
-        if self._tester is None or self._tester.layout is not self.layout or (
-            self._tester.num_particles != self.test_particles
-        ):
-            self._tester = InnerELBO(self.model, self.layout, self.test_particles, fast=self.fast_path)
-        return self._tester
+    def _test_elbo(self, num_particles: int) -> InnerELBO:
+        """The ELBO estimator of a test on ``num_particles`` draws (kept, so that it remembers whether it can
+        vectorize)."""
+        tester = self._testers.get(num_particles)
+        if tester is None or tester.layout is not self.layout:
+            tester = self._testers[num_particles] = InnerELBO(self.model, self.layout, num_particles,
+                                                              fast=self.fast_path)
+        return tester
 
     def _clip(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:
         if self.max_grad_norm is None:
@@ -173,12 +192,14 @@ class SemiAmortizedGuide(AmortizedGuide):
             step = elbo_gradient(self._inner_elbo, args, kwargs, leaves, batch, global_values, create_graph=unroll)
             return leaves, self._count_nonfinite(step)
 
-        tester = self._test_elbo() if self.adaptive else None
+        check = self.adaptive and (self.final_check is True or (self.final_check == "inference" and not training))
 
-        def passes(before: dict, after: dict) -> torch.Tensor:
-            """``(batch, 1)``: where ``after`` beats ``before`` on the test (:func:`improves`)."""
+        def passes(before: dict, after: dict, num_particles: int) -> torch.Tensor:
+            """``(batch, 1)``: where ``after`` beats ``before`` on a test of ``num_particles`` draws
+            (:func:`improves`)."""
             with torch.no_grad():
                 params = self._local_params(before), self._local_params(after)
+            tester = self._test_elbo(num_particles)
             return improves(tester, args, kwargs, *params, batch, global_values, self.margin).unsqueeze(-1)
 
         lam, (leaves, step) = dict(start), gradient(start)
@@ -201,14 +222,14 @@ class SemiAmortizedGuide(AmortizedGuide):
                 candidate[name] = step.keep_finite(leaves[name] + size * velocity[name], leaves[name])
             if self.adaptive:
                 # a fair test: the gradient that chose the step came from other draws than the test's
-                better = passes(leaves, candidate)
+                better = passes(leaves, candidate, self.test_particles)
                 size = torch.where(better, size * 1.2, size * 0.5)
                 zero = torch.zeros_like
                 candidate = {name: torch.where(better, candidate[name], leaves[name]) for name in names}
                 velocity = {name: torch.where(better, velocity[name], zero(velocity[name])) for name in names}
             lam = candidate
-            if self.adaptive and self.final_check and t + 1 == num_steps:
-                kept = passes(start, lam)
+            if check and t + 1 == num_steps:
+                kept = passes(start, lam, self.check_particles)
                 lam = {name: torch.where(kept, lam[name], start[name]) for name in names}
             if t + 1 < num_steps or unroll:
                 leaves, step = gradient(lam)

@@ -194,9 +194,15 @@ class SequenceSemiAmortizedGuide(SequenceEncoderGuide, SemiAmortizedGuide):
         guide = SequenceSemiAmortizedGuide(DMM(data_dim=88), rnn_dim=600, num_steps=5)
         guide.elbo_trajectory(sequences[:8], lengths[:8])   # (6, 8): the encoder's ELBO, then after each step
 
+    :param final_check: as in :class:`~pyro_iterative.guides.semi_amortized.SemiAmortizedGuide`, but off
+        (``False``) by default here: the check at inference that became that guide's default was measured on models of
+        independent datapoints only, and the deep Markov model's records were made without it.
     :param kwargs: ``rnn_dim`` and ``step`` of :class:`SequenceEncoderGuide`, ``num_steps``, ``lr``, ``adaptive``,
         ... of :class:`~pyro_iterative.guides.semi_amortized.SemiAmortizedGuide`.
     """
+
+    def __init__(self, model: Callable, *, final_check: bool | str = False, **kwargs) -> None:
+        super().__init__(model, final_check=final_check, **kwargs)
 
     def inference_cost(self, num_iterations: int | None = None) -> ModelPasses:
         """The encoder's read pass, then the semi-amortized steps (see

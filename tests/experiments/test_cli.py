@@ -272,34 +272,37 @@ def test_a_run_made_before_the_iterative_defaults_changed_is_read_as_made_withou
     from pyro_iterative.experiments.config import RunDirError, open_run_dir, run_dir_config, settings_differing
 
     new = RunConfig(methods=("iterative",), epochs=3)
-    assert new.normalize_hidden and new.antithetic and new.gate_init  # models of independent datapoints: on
+    assert new.normalize_hidden and new.antithetic and new.gate_init and new.final_check  # independent datapoints: on
     dmm = RunConfig(model="dmm")
-    assert not dmm.normalize_hidden and not dmm.antithetic and not dmm.gate_init  # sequences: off
-    old = RunConfig(methods=("iterative",), epochs=3, normalize_hidden=False, antithetic=False, gate_init=False)
+    assert not dmm.normalize_hidden and not dmm.antithetic and not dmm.gate_init and not dmm.final_check  # sequences
+    old = RunConfig(methods=("iterative",), epochs=3, normalize_hidden=False, antithetic=False, gate_init=False,
+                    final_check=False)
     open_run_dir(tmp_path, old, resume=False)
     saved = json.loads(run_dir_config(tmp_path).read_text())
-    del saved["normalize_hidden"], saved["antithetic"], saved["gate_init"]  # as written before the settings existed
+    for name in ("normalize_hidden", "antithetic", "gate_init", "final_check"):
+        del saved[name]  # as written before the settings existed
     run_dir_config(tmp_path).write_text(json.dumps(saved))
     before = RunConfig.from_saved(saved)
-    assert not before.normalize_hidden and not before.antithetic and not before.gate_init
-    assert settings_differing(saved, new.to_dict()) == ["antithetic", "gate_init", "normalize_hidden"]
-    with pytest.raises(RunDirError, match=r"other settings \(antithetic, gate_init, normalize_hidden\)"):
+    assert not before.normalize_hidden and not before.antithetic and not before.gate_init and not before.final_check
+    assert settings_differing(saved, new.to_dict()) == ["antithetic", "final_check", "gate_init", "normalize_hidden"]
+    with pytest.raises(RunDirError, match=r"other settings \(antithetic, final_check, gate_init, normalize_hidden\)"):
         open_run_dir(tmp_path, new, resume=True)
     open_run_dir(tmp_path, old, resume=True)
     # a checkpoint's key names a setting only where it differs from what earlier checkpoints were made with
-    assert not {"normalize_hidden", "antithetic", "gate_init"} & set(old.training_key("iterative"))
+    assert not {"normalize_hidden", "antithetic", "gate_init", "final_check"} & set(old.training_key("iterative"))
     assert new.training_key("iterative")["normalize_hidden"] is True and new.training_key("iterative")["antithetic"]
-    assert new.training_key("iterative")["gate_init"] is True
+    assert new.training_key("iterative")["gate_init"] is True and new.training_key("semi_amortized")["final_check"]
 
 
 @pytest.mark.parametrize("flags, expected", [
-    ([], (True, True, True, True)),
-    (["--normalize-hidden", "--antithetic", "--clip-encoder-gradient", "--gate-init"], (True, True, True, True)),
-    (["--no-normalize-hidden", "--no-antithetic", "--no-clip-encoder-gradient", "--no-gate-init"],
-     (False, False, False, False))])
+    ([], (True, True, True, True, True)),
+    (["--normalize-hidden", "--antithetic", "--clip-encoder-gradient", "--gate-init", "--final-check"],
+     (True, True, True, True, True)),
+    (["--no-normalize-hidden", "--no-antithetic", "--no-clip-encoder-gradient", "--no-gate-init", "--no-final-check"],
+     (False, False, False, False, False))])
 def test_the_guides_defaults_on_the_command_line(tmp_path, flags, expected):
     out = tmp_path / "run"
     assert main(["train", *TINY, "--method", "iterative", *flags, "--out", str(out)]) == 0
     saved = json.loads((out / "config.json").read_text())
-    settings = ("normalize_hidden", "antithetic", "clip_encoder_gradient", "gate_init")
+    settings = ("normalize_hidden", "antithetic", "clip_encoder_gradient", "gate_init", "final_check")
     assert tuple(saved[name] for name in settings) == expected

@@ -50,7 +50,7 @@ def test_every_method_builds_a_trainable_guide_at_matched_size():
                                   {"normalize_hidden": False}, {"depth": 3, "normalize_hidden": False},
                                   {"antithetic": False}, {"depth": 3, "antithetic": False},
                                   {"clip_encoder_gradient": False}, {"gate_init": False},
-                                  {"depth": 3, "gate_init": False}])
+                                  {"depth": 3, "gate_init": False}, {"final_check": False}])
 def test_every_tuning_knob_keeps_the_networks_matched(knob):
     config = RunConfig(latent_dim=3, hidden=24, iterations=2, batch_size=8, device="cpu")
     x = torch.rand(20, 12, generator=torch.Generator().manual_seed(0))
@@ -72,6 +72,8 @@ def test_every_tuning_knob_keeps_the_networks_matched(knob):
             started = knob.get("gate_init", True) and name == "iterative"
             assert guide.gate_bias == (2.0 if started else None), name
             assert all(bool((net.gate.bias == 2.0).all()) == started for net in guide.update_nets), name
+        if name == "semi_amortized":  # checked at evaluation unless --no-final-check
+            assert guide.final_check == ("inference" if knob.get("final_check", True) else False)
         if name in ("standard", "semi_amortized", "encoder_iterative"):
             assert guide.clip_gradient == (3.0 if knob.get("clip_encoder_gradient", True) else None), name
 

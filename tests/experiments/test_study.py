@@ -180,8 +180,9 @@ def test_lightning_training_refuses_a_validation_set(tmp_path, capsys):
 
 def test_the_recorded_study_is_resumed_only_with_the_networks_it_was_run_with(tmp_path):
     """docs/study was run before normalised hidden layers, antithetic pairs, the encoders' gradient clip and the gates'
-    initial bias were the defaults: its settings are those of --no-normalize-hidden --no-antithetic
-    --no-clip-encoder-gradient --no-gate-init, as the docs say, and a resume with today's defaults is refused."""
+    initial bias were the defaults, and before the semi-amortized guide's final check: its settings are those of
+    --no-normalize-hidden --no-antithetic --no-clip-encoder-gradient --no-gate-init --no-final-check, as the docs say,
+    and a resume with today's defaults is refused."""
     from pathlib import Path
 
     from pyro_iterative.experiments.config import RunDirError
@@ -189,10 +190,12 @@ def test_the_recorded_study_is_resumed_only_with_the_networks_it_was_run_with(tm
     recorded = json.loads((Path(__file__).parents[2] / "docs" / "study" / "study.json").read_text())
     (tmp_path / "study.json").write_text(json.dumps(recorded))
     with pytest.raises(RunDirError,
-                       match=r"other settings \(antithetic, clip_encoder_gradient, gate_init, normalize_hidden\)"):
+                       match=r"other settings \(antithetic, clip_encoder_gradient, final_check, gate_init, "
+                             r"normalize_hidden\)"):
         study._open_study(tmp_path, study_config(device=recorded["device"]), resume=True)
-    with pytest.raises(RunDirError, match=r"other settings \(clip_encoder_gradient, gate_init\)"):
+    with pytest.raises(RunDirError, match=r"other settings \(clip_encoder_gradient, final_check, gate_init\)"):
         study._open_study(tmp_path, study_config(device=recorded["device"], normalize_hidden=False, antithetic=False),
                           resume=True)
     study._open_study(tmp_path, study_config(device=recorded["device"], normalize_hidden=False, antithetic=False,
-                                             clip_encoder_gradient=False, gate_init=False), resume=True)
+                                             clip_encoder_gradient=False, gate_init=False, final_check=False),
+                      resume=True)

@@ -330,21 +330,50 @@ def test_inference_costs(linear_gaussian):
     assert AmortizedGuide(model).inference_cost() == AmortizedGuide(model).inference_cost(None)
     assert AmortizedGuide(model).inference_cost().forward == 1
     assert AmortizedGuide(model, observe=observe).inference_cost().total == 0
-    cost = SemiAmortizedGuide(model, num_steps=4, observe=observe).inference_cost()
-    # each adaptive step's test scores the old and the new q on 8 particles each: 16 forward passes; so does the
-    # final check, once
+    cost = SemiAmortizedGuide(model, num_steps=4, observe=observe, final_check=False).inference_cost()
+    # each adaptive step's test scores the old and the new q on 8 particles each: 16 forward passes; the final check,
+    # which runs at inference by default, scores the encoder's and the final q on 32 each, once
     assert (cost.forward, cost.backward) == (4 * 17, 4)
-    cost = SemiAmortizedGuide(model, num_steps=4, observe=observe, test_particles=1).inference_cost()
-    assert (cost.forward, cost.backward) == (12, 4)
-    cost = SemiAmortizedGuide(model, num_steps=4, observe=observe, final_check=True).inference_cost()
-    assert (cost.forward, cost.backward) == (4 * 17 + 16, 4)
+    cost = SemiAmortizedGuide(model, num_steps=4, observe=observe, test_particles=1, check_particles=1).inference_cost()
+    assert (cost.forward, cost.backward) == (12 + 2, 4)
+    for check in (True, "inference"):
+        cost = SemiAmortizedGuide(model, num_steps=4, observe=observe, final_check=check).inference_cost()
+        assert (cost.forward, cost.backward) == (4 * 17 + 64, 4)
     cost = SemiAmortizedGuide(model, num_steps=4, observe=observe, adaptive=False).inference_cost()
     assert (cost.forward, cost.backward) == (4, 4)
     # every particle is a pass through the model
     assert IterativeGuide(model, num_iterations=5, num_particles=4).inference_cost() == ModelPasses(20, 20)
     assert AmortizedGuide(model, num_particles=4).inference_cost() == ModelPasses(1, 0)  # reads the data once
     cost = SemiAmortizedGuide(model, num_steps=4, observe=observe, num_particles=2).inference_cost()
-    assert (cost.forward, cost.backward) == (4 * 18, 8)
+    assert (cost.forward, cost.backward) == (4 * 18 + 64, 8)
+
+
+def test_the_semi_amortized_final_check_runs_only_where_it_is_set(linear_gaussian):
+    model, x_train, _ = linear_gaussian
+    x = x_train[:16]
+    for bad in (1, 0, None, "always"):
+        with pytest.raises(ValueError, match=r"final_check must be one of \(True, False, 'inference'\)"):
+            SemiAmortizedGuide(model, final_check=bad)
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="check_particles must be a positive integer"):
+            SemiAmortizedGuide(model, check_particles=bad)
+    assert SemiAmortizedGuide(model).final_check == "inference" and SemiAmortizedGuide(model).check_particles == 32
+
+    def sampled(final_check, grad: bool) -> torch.Tensor:
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        guide = SemiAmortizedGuide(model, num_steps=3, hidden_sizes=(8,), final_check=final_check).setup(x)
+        pyro.set_rng_seed(1)
+        with torch.set_grad_enabled(grad):
+            return poutine.trace(guide).get_trace(x).nodes["z"]["value"].detach()
+
+    # In training (with gradients) the default runs no check: the same draws as without one; the check itself
+    # draws noise, so a guide that runs it samples otherwise.
+    assert torch.equal(sampled("inference", True), sampled(False, True))
+    assert not torch.equal(sampled(True, True), sampled(False, True))
+    # Without gradients (evaluation, Predictive) the default checks, as final_check=True does.
+    assert torch.equal(sampled("inference", False), sampled(True, False))
+    assert not torch.equal(sampled("inference", False), sampled(False, False))
 
 
 def test_counted_model_passes_match_the_reported_cost(linear_gaussian):
@@ -359,8 +388,10 @@ def test_counted_model_passes_match_the_reported_cost(linear_gaussian):
         IterativeGuide(counting_model, num_iterations=4, hidden_sizes=(8,), num_particles=1),  # a call is a pass
         AmortizedGuide(counting_model, hidden_sizes=(8,)),
         # one model call per test here; with test_particles=P each call draws P particles (P passes)
-        SemiAmortizedGuide(counting_model, num_steps=3, hidden_sizes=(8,), test_particles=1),
-        SemiAmortizedGuide(counting_model, num_steps=3, hidden_sizes=(8,), test_particles=1, final_check=True),
+        SemiAmortizedGuide(counting_model, num_steps=3, hidden_sizes=(8,), test_particles=1, check_particles=1),
+        SemiAmortizedGuide(counting_model, num_steps=3, hidden_sizes=(8,), test_particles=1, final_check=False),
+        SemiAmortizedGuide(counting_model, num_steps=3, hidden_sizes=(8,), test_particles=1, check_particles=1,
+                           final_check=True),
     ):
         guide.setup(x_train[:4])
         calls.clear()
