@@ -27,7 +27,7 @@ from .iterative import ENCODABLE, IterativeGuide
 from .optimizing import OptimizingGuide
 from .per_datapoint import PerDatapointGuide
 from .protocol import TrainableGuide
-from .semi_amortized import SemiAmortizedGuide
+from .semi_amortized import FINAL_CHECKS, SemiAmortizedGuide
 from .sequence_encoder import SequenceEncoderGuide, SequenceSemiAmortizedGuide
 from .sequential import SequentialIterativeGuide
 
@@ -35,6 +35,7 @@ __all__ = [
     "AmortizedGuide",
     "ENCODABLE",
     "EncoderIterativeGuide",
+    "FINAL_CHECKS",
     "IterativeGuide",
     "LocalGuide",
     "LocalInference",
