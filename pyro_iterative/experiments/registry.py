@@ -203,14 +203,14 @@ def _build_standard(model: Callable, x: torch.Tensor, config: "RunConfig") -> Am
 def _build_semi_amortized(model: Callable, x: torch.Tensor, config: "RunConfig") -> SemiAmortizedGuide:
     encoder = _build_standard(model, x, config)
     # Its default step rule (adaptive per-datapoint step sizes), as a user gets it: no step size tuned on MNIST.
-    step = {} if config.inner_lr is None else {"lr": config.inner_lr}
+    options = {} if config.inner_lr is None else {"lr": config.inner_lr}
     # The final check runs at evaluation only ("inference"), so training is the same with or without it.
-    step["final_check"] = "inference" if config.final_check else False
+    options["final_check"] = "inference" if config.final_check else False
     if isinstance(encoder, SequenceEncoderGuide):
         return SequenceSemiAmortizedGuide(model, num_steps=config.iterations, rnn_dim=encoder.rnn_dim,
-                                          **step).setup(x, **_probe(x, config))
+                                          **options).setup(x, **_probe(x, config))
     return SemiAmortizedGuide(model, num_steps=config.iterations, hidden_sizes=encoder.hidden_sizes,
-                              observe=_observe(config), **step, **_encoder_options(config)
+                              observe=_observe(config), **options, **_encoder_options(config)
                               ).setup(x, **_probe(x, config))
 
 
