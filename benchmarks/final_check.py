@@ -17,18 +17,11 @@ Every finished cell is saved at once; a run resumes where it stopped (``--fresh`
 
 from __future__ import annotations
 
-import json
-import math
-import time
-
 import pyro
 import torch
-from _common import RESULTS, machine, machine_line, parser
-from pyro.infer import SVI, Trace_ELBO
-from zoo import ZOO, adam
+from zoo import mean_se, study_cells, trained
 
 from pyro_iterative import SemiAmortizedGuide
-from pyro_iterative.experiments.checkpoints import write_json
 from pyro_iterative.guides.base import score_with_common_noise
 from pyro_iterative.inference import InnerELBO
 
@@ -36,25 +29,10 @@ from pyro_iterative.inference import InnerELBO
 FINISHES = (("none", False, 32), ("check8", "inference", 8), ("check32", "inference", 32))
 
 
-def _mean_se(values: torch.Tensor) -> list[float]:
-    return [float(values.mean()), float(values.std() / math.sqrt(values.numel()))]
-
-
 def run_cell(name: str, lr: float, *, steps: int, particles: int, seed: int) -> dict:
     """Train the semi-amortized guide on one zoo model, then finish its steps without and with each check."""
-    entry = ZOO[name]
-    x_train, x_test = entry.data()
-    pyro.clear_param_store()
-    pyro.set_rng_seed(seed)
-    model = entry.build()
-    guide = SemiAmortizedGuide(model)
-    svi = SVI(model, guide, adam(lr, guide), Trace_ELBO())
-    start = time.perf_counter()
-    model.train()
-    for _ in range(steps):
-        svi.step(x_train, subsample_size=min(100, len(x_train)))
-    model.eval()
-    cell = {"model": name, "lr": lr, "train_seconds": time.perf_counter() - start}
+    model, guide, x_test, seconds = trained(name, SemiAmortizedGuide, lr, steps=steps, seed=seed)
+    cell = {"model": name, "lr": lr, "train_seconds": seconds}
     for label, num_steps in (("K", guide.num_steps), ("2K", 2 * guide.num_steps)):
         finished = {}
         for finish, check, draws in FINISHES:
@@ -73,8 +51,8 @@ def run_cell(name: str, lr: float, *, steps: int, particles: int, seed: int) -> 
             final = rows[2 + i]
             moved = torch.stack([(finished[finish].lam[s] != plain.lams[0][s]).any(-1) for s in plain.lam]).any(0)
             cell[f"{label}/{finish}"] = {
-                "elbo": float(final.mean()), "vs_encoder": _mean_se(final - encoder),
-                "vs_before_last": _mean_se(final - before_last), "vs_none": _mean_se(final - unchecked),
+                "elbo": float(final.mean()), "vs_encoder": mean_se(final - encoder),
+                "vs_before_last": mean_se(final - before_last), "vs_none": mean_se(final - unchecked),
                 "moved": float(moved.float().mean()),
             }
     return cell
@@ -94,30 +72,7 @@ def table(cells: list[dict]) -> str:
 
 
 def main() -> None:
-    p = parser(__doc__.splitlines()[0])
-    p.add_argument("--models", default=",".join(ZOO), help="comma-separated zoo models")
-    p.add_argument("--fresh", action="store_true", help="ignore saved cells and start over")
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    steps, particles = (30, 8) if args.quick else (1000, 32)
-    out = args.out or RESULTS / f"final_check{'-quick' if args.quick else ''}.json"
-    saved = {} if args.fresh or not out.exists() else json.loads(out.read_text())
-    if saved and saved.get("seed") != args.seed:
-        p.error(f"{out} holds cells of seed {saved.get('seed')}; use another --out, or --fresh to start over")
-    cells = dict(saved.get("cells", {}))
-    for name in args.models.split(","):
-        for lr in (1e-3, 3e-3):
-            key = f"{name}/{lr:g}"
-            if key not in cells:
-                cells[key] = run_cell(name, lr, steps=steps, particles=particles, seed=args.seed)
-                print(key, "done", flush=True)
-                write_json(out, {"machine": machine_line(machine()), "seed": args.seed, "steps": steps,
-                                 "particles": particles, "cells": cells})
-    text = table(list(cells.values()))
-    print(text)
-    out.with_suffix(".md").write_text(f"Machine: {machine_line(machine())}; seed {args.seed}, {steps} SVI steps of 100 "
-                                      f"datapoints per cell, {particles} particles with common random numbers.\n\n"
-                                      + text + "\n")
+    study_cells("final_check", __doc__.splitlines()[0], run_cell, table)
 
 
 if __name__ == "__main__":

@@ -168,7 +168,7 @@ def spike_ratio(losses: list[float], window: int = 50) -> float:
     return worst
 
 
-def _paired(rows: torch.Tensor) -> tuple[list[float], float, float]:
+def paired_drops(rows: torch.Tensor) -> tuple[list[float], float, float]:
     """Means per row, the worst drop between consecutive rows, and that drop's paired standard error."""
     means = rows.mean(-1).tolist()
     worst, worst_se = 0.0, 0.0
@@ -178,6 +178,11 @@ def _paired(rows: torch.Tensor) -> tuple[list[float], float, float]:
         if drop > worst:
             worst, worst_se = drop, float(difference.std() / math.sqrt(difference.numel()))
     return means, worst, worst_se
+
+
+def mean_se(values: torch.Tensor) -> list[float]:
+    """``[mean, standard error]`` of per-datapoint values (paired differences, for instance)."""
+    return [float(values.mean()), float(values.std() / math.sqrt(values.numel()))]
 
 
 def _iterations(guide) -> int | None:
@@ -227,14 +232,14 @@ def run_cell(entry: ZooModel, guide_name: str, lr: float, *, steps: int, batch_s
     k = _iterations(guide)
     pyro.set_rng_seed(seed + 1)
     rows = guide.elbo_trajectory(x_test, num_particles=particles)
-    means, drop, drop_se = _paired(rows)
+    means, drop, drop_se = paired_drops(rows)
     final = rows[-1]
     cell.update(elbo=float(final.mean()), elbo_se=float(final.std() / math.sqrt(final.numel())), per_iteration=means,
                 worst_drop=drop, worst_drop_se=drop_se)
     if k is not None:
         pyro.set_rng_seed(seed + 1)
         long = guide.elbo_trajectory(x_test, num_iterations=2 * k, num_particles=particles)
-        cell["per_iteration_2k"], cell["worst_drop_2k"], cell["worst_drop_2k_se"] = _paired(long)
+        cell["per_iteration_2k"], cell["worst_drop_2k"], cell["worst_drop_2k_se"] = paired_drops(long)
     # The reference optimum: local optimization from the guide's q until it stalls, scored on the same noise.
     pyro.set_rng_seed(seed + 2)
     inference = guide.refine(x_test)
@@ -250,6 +255,55 @@ def run_cell(entry: ZooModel, guide_name: str, lr: float, *, steps: int, batch_s
                 reference_steps=len(reference.trajectory) - 1, optimize_local_gain=float(gain.mean()),
                 optimize_local_gain_se=float(gain.std() / root_n))
     return cell
+
+
+def trained(name: str, guide_class: Callable, lr: float, *, steps: int, seed: int):
+    """A guide of ``guide_class`` with its defaults, trained on zoo model ``name`` as :func:`run_cell` trains it:
+    ``(model, guide, x_test, training seconds)``, the model in eval mode."""
+    x_train, x_test = ZOO[name].data()
+    pyro.clear_param_store()
+    pyro.set_rng_seed(seed)
+    model = ZOO[name].build()
+    guide = guide_class(model)
+    svi = SVI(model, guide, adam(lr, guide), Trace_ELBO())
+    start = time.perf_counter()
+    model.train()
+    for _ in range(steps):
+        svi.step(x_train, subsample_size=min(100, len(x_train)))
+    return model.eval(), guide, x_test, time.perf_counter() - start
+
+
+def study_cells(name: str, description: str, run: Callable[..., dict], render: Callable[[list[dict]], str],
+                extra: dict | None = None) -> None:
+    """The command line of a paired study of one guide on the zoo's models at Adam 1e-3 and 3e-3
+    (``benchmarks/final_check.py``, ``benchmarks/horizon_check.py``): ``--models``, ``--seed``, ``--quick``, ``--out``,
+    ``--fresh``. Each cell is ``run(model_name, lr, steps=, particles=, seed=)``, saved at once (with ``extra``), so
+    that a run resumes where it stopped; the cells' table, ``render(cells)``, is printed and written beside the JSON."""
+    p = parser(description)
+    p.add_argument("--models", default=",".join(ZOO), help="comma-separated zoo models")
+    p.add_argument("--fresh", action="store_true", help="ignore saved cells and start over")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    steps, particles = (30, 8) if args.quick else (1000, 32)
+    out = args.out or RESULTS / f"{name}{'-quick' if args.quick else ''}.json"
+    saved = {} if args.fresh or not out.exists() else json.loads(out.read_text())
+    if saved and saved.get("seed") != args.seed:
+        p.error(f"{out} holds cells of seed {saved.get('seed')}; use another --out, or --fresh to start over")
+    cells = dict(saved.get("cells", {}))
+    for model in args.models.split(","):
+        for lr in (1e-3, 3e-3):
+            key = f"{model}/{lr:g}"
+            if key not in cells:
+                cells[key] = run(model, lr, steps=steps, particles=particles, seed=args.seed)
+                print(key, "done", flush=True)
+                write_json(out, {"machine": machine_line(machine()), "seed": args.seed, "steps": steps,
+                                 "particles": particles, **(extra or {}), "cells": cells})
+    text = render(list(cells.values()))
+    print(text)
+    out.with_suffix(".md").write_text(f"Machine: {machine_line(machine())}; seed {args.seed}, {steps} SVI steps of 100 "
+                                      f"datapoints per cell, {particles} particles with common random numbers"
+                                      + "".join(f"; {key}: {value}" for key, value in (extra or {}).items())
+                                      + ".\n\n" + text + "\n")
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:

@@ -127,3 +127,26 @@ def test_zoo_variants_scale_only_the_guides_learning_rate_and_keep_their_own_fil
         monkeypatch.setattr(sys, "argv", ["zoo.py", "--quick", "--models", "small", "--guides", "amortized", *argv])
         with pytest.raises(SystemExit):
             zoo.main()
+
+
+def test_the_horizon_check_benchmark_compares_runs_that_share_their_first_k_iterations(tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    horizon = importlib.import_module("horizon_check")
+    cell = horizon.run_cell("small", 3e-3, steps=20, particles=4, seed=0)  # asserts the shared first K iterations
+    assert cell["k"] == 5
+    for variant, check, _, _ in horizon.VARIANTS:
+        run = cell[variant]
+        assert len(run["per_iteration"]) == 2 * cell["k"] + 1
+        if not check:  # without the check every datapoint still moves at 2K (its update is never sent back)
+            assert run["moving"] == 1.0 and run["vs_none"] == [0.0, 0.0]
+    out = tmp_path / "h.json"
+    monkeypatch.setattr(sys, "argv", ["horizon_check.py", "--quick", "--models", "small", "--out", str(out)])
+    horizon.main()
+    saved = json.loads(out.read_text())
+    assert set(saved["cells"]) == {"small/0.001", "small/0.003"} and out.with_suffix(".md").exists()
+    monkeypatch.setattr(sys, "argv", ["horizon_check.py", "--quick", "--models", "small", "--out", str(out),
+                                      "--seed", "1"])
+    with pytest.raises(SystemExit):  # a results file refuses cells of another seed
+        horizon.main()

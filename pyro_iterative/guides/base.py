@@ -229,6 +229,7 @@ class LocalGuide(AutoGuide):
         self.num_particles = num_particles  # validated by the setter
         #: datapoint-iterations whose ELBO or its gradient was not finite (they kept their previous lambda)
         self.nonfinite_gradients = 0
+        self._testers: dict[int, InnerELBO] = {}  # the estimators of :meth:`_test_elbo`, by number of draws
 
     @property
     def num_particles(self) -> int:
@@ -404,6 +405,15 @@ class LocalGuide(AutoGuide):
             outputs = clip(outputs)
         sites = self.layout.local_sites
         return dict(zip((s.name for s in sites), outputs.split([2 * s.size for s in sites], dim=-1)))
+
+    def _test_elbo(self, num_particles: int) -> InnerELBO:
+        """The ELBO estimator of a test on ``num_particles`` draws
+        (:func:`~pyro_iterative.inference.step_test.improves`; kept, so that it remembers whether it can vectorize)."""
+        tester = self._testers.get(num_particles)
+        if tester is None or tester.layout is not self.layout:
+            tester = self._testers[num_particles] = InnerELBO(self.model, self.layout, num_particles,
+                                                              fast=self.fast_path)
+        return tester
 
     def _reads_data_by_running_the_model(self) -> int:
         """One forward pass (of one particle) to read the data where no ``observe`` was given."""

@@ -74,7 +74,9 @@ class EncoderIterativeGuide(IterativeGuide):
         ``hidden_sizes`` (of the update networks), ``encode``, ``gradient_encoding``, ``data_encoding`` (also how the
         encoder reads the data), ``small_init`` (also the encoder's: a zero output layer whose bias is lambda_0 of
         ``init_loc``/``init_scale``, so that a new guide starts where IterativeGuide starts), ``highway``,
-        ``num_particles``, ``low_memory``, and those of :class:`~pyro_iterative.guides.base.LocalGuide` (``observe``).
+        ``num_particles``, ``low_memory``, ``horizon_check`` (on: iterations past the trained number are checked at
+        inference, as there; the records of this guide were made at K, where it changes nothing), and those of
+        :class:`~pyro_iterative.guides.base.LocalGuide` (``observe``).
     """
 
     def __init__(
@@ -128,7 +130,8 @@ class EncoderIterativeGuide(IterativeGuide):
                                          global_values)
 
     def inference_cost(self, num_iterations: int | None = None) -> ModelPasses:
-        """IterativeGuide's ``num_iterations`` forward and backward passes per datapoint, and one forward pass to read
-        the data for the encoder unless ``observe`` was given."""
+        """IterativeGuide's ``num_iterations`` forward and backward passes per datapoint (with its checks past the
+        trained number of iterations), and one forward pass to read the data for the encoder unless ``observe`` was
+        given."""
         cost = super().inference_cost(num_iterations)
         return ModelPasses(forward=cost.forward + self._reads_data_by_running_the_model(), backward=cost.backward)

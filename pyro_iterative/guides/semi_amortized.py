@@ -15,7 +15,7 @@ import torch
 from ..inference.batch import Batch
 from ..inference.cost import ModelPasses
 from ..inference.gradient import elbo_gradient
-from ..inference.inner_elbo import InnerELBO, latent_masks
+from ..inference.inner_elbo import latent_masks
 from ..inference.step_test import improves
 from .amortized import AmortizedGuide
 from .base import Refinement
@@ -134,7 +134,6 @@ class SemiAmortizedGuide(AmortizedGuide):
         self.margin = float(margin)
         self.final_check = final_check
         self.backprop = bool(backprop)
-        self._testers: dict[int, InnerELBO] = {}
 
     _refinement_gives_masks = True
 
@@ -152,15 +151,6 @@ class SemiAmortizedGuide(AmortizedGuide):
         check = 2 * self.check_particles if self.adaptive and self.final_check in (True, "inference") else 0
         forward = steps * per_step + check + self._reads_data_by_running_the_model()
         return ModelPasses(forward=forward, backward=steps * self.num_particles)
-
-    def _test_elbo(self, num_particles: int) -> InnerELBO:
-        """The ELBO estimator of a test on ``num_particles`` draws (kept, so that it remembers whether it can
-        vectorize)."""
-        tester = self._testers.get(num_particles)
-        if tester is None or tester.layout is not self.layout:
-            tester = self._testers[num_particles] = InnerELBO(self.model, self.layout, num_particles,
-                                                              fast=self.fast_path)
-        return tester
 
     def _clip(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:
         if self.max_grad_norm is None:

@@ -85,15 +85,19 @@ class SequentialIterativeGuide(IterativeGuide):
     :param antithetic: draw them in antithetic pairs (off by default here, for the same reason).
     :param gate_bias: the gates' initial bias (see IterativeGuide); PyTorch's initialisation by default here, for the
         same reason.
+    :param bool horizon_check: not offered here (``False``): iterations past the trained number are not checked.
     """
 
     def __init__(
         self, model: Callable, *, neighbours: bool = True, step: Callable[[str], tuple[str, int] | None] = step_of,
         normalize_hidden: bool = False, num_particles: int = 1, antithetic: bool | None = False,
-        gate_bias: float | None = None, **kwargs,
+        gate_bias: float | None = None, horizon_check: bool = False, **kwargs,
     ) -> None:
+        if horizon_check:
+            raise ValueError(f"{type(self).__name__} does not offer horizon_check (not measured on sequence models); "
+                             "leave it False.")
         super().__init__(model, normalize_hidden=normalize_hidden, num_particles=num_particles, antithetic=antithetic,
-                         gate_bias=gate_bias, **kwargs)
+                         gate_bias=gate_bias, horizon_check=False, **kwargs)
         if "errors" in self.encode:
             raise ValueError(f"encode must be a non-empty subset of ('gradient', 'data') for sequences, got "
                              f"{self.encode}.")

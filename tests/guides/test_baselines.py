@@ -327,6 +327,9 @@ def test_inference_costs(linear_gaussian):
     model, _, _ = linear_gaussian
     assert IterativeGuide(model, num_iterations=5).inference_cost().total == 20  # an antithetic pair per iteration
     assert IterativeGuide(model, num_iterations=5, num_particles=1).inference_cost().total == 10
+    # past the 5 iterations it was trained for, each iteration's check scores the old and the new q on 32 draws each
+    assert IterativeGuide(model, num_iterations=5).inference_cost(8) == ModelPasses(16 + 3 * 64, 16)
+    assert IterativeGuide(model, num_iterations=5, horizon_check=False).inference_cost(8) == ModelPasses(16, 16)
     assert AmortizedGuide(model).inference_cost() == AmortizedGuide(model).inference_cost(None)
     assert AmortizedGuide(model).inference_cost().forward == 1
     assert AmortizedGuide(model, observe=observe).inference_cost().total == 0
@@ -392,8 +395,12 @@ def test_counted_model_passes_match_the_reported_cost(linear_gaussian):
         SemiAmortizedGuide(counting_model, num_steps=3, hidden_sizes=(8,), test_particles=1, final_check=False),
         SemiAmortizedGuide(counting_model, num_steps=3, hidden_sizes=(8,), test_particles=1, check_particles=1,
                            final_check=True),
+        # run 2 iterations past the 4 it was trained for: one check each, of one draw per q
+        IterativeGuide(counting_model, num_iterations=4, hidden_sizes=(8,), num_particles=1, check_particles=1),
     ):
         guide.setup(x_train[:4])
+        if isinstance(guide, IterativeGuide) and guide.check_particles == 1:
+            guide.num_iterations = 6
         calls.clear()
         with torch.no_grad():
             guide(x_train[:4])

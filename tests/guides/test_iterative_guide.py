@@ -276,12 +276,13 @@ def test_datapoint_results_do_not_depend_on_batch_mates(linear_gaussian):
     train(model, guide, x_train, steps=20, subsample_size=64)
     first = torch.stack([x_train[0], x_train[1], x_train[2]])
     second = torch.stack([x_train[0], x_train[50] * 3, x_train[60] - 5])
-    pyro.set_rng_seed(5)
-    a = guide.elbo_trajectory(first)
-    pyro.set_rng_seed(5)
-    b = guide.elbo_trajectory(second)
-    assert torch.equal(a[:, 0], b[:, 0])
-    assert not torch.equal(a[:, 1], b[:, 1])
+    for num_iterations in (3, 9):  # the trained number, and past it, where each iteration is checked
+        pyro.set_rng_seed(5)
+        a = guide.elbo_trajectory(first, num_iterations=num_iterations)
+        pyro.set_rng_seed(5)
+        b = guide.elbo_trajectory(second, num_iterations=num_iterations)
+        assert torch.equal(a[:, 0], b[:, 0])
+        assert not torch.equal(a[:, 1], b[:, 1])
 
 
 def test_datapoint_results_do_not_depend_on_batch_size(linear_gaussian):
@@ -339,3 +340,92 @@ def test_antithetic_particles_train_and_need_pairs():
     # by default (antithetic=None) pairs where they can be drawn, independent particles for an odd number
     assert small_guide(model).setup(x[:2]).pairs_particles()
     assert not small_guide(model, num_particles=3).setup(x[:2]).pairs_particles()
+
+
+# ---------------------------------------------------------------------------------------------- the horizon check
+
+
+def test_trained_iterations_follow_the_training_calls(linear_gaussian):
+    model, x_train, x_test = linear_gaussian
+    guide = small_guide(model, num_iterations=2)
+    assert guide.trained_iterations == 2  # before training: the constructed number
+    guide.num_iterations = 3
+    train(model, guide, x_train, steps=2, subsample_size=64)
+    assert guide.trained_iterations == 3
+    guide.elbo_trajectory(x_test, num_iterations=7)  # inference (no gradients) does not move it
+    guide.num_iterations = 9
+    with torch.no_grad():
+        guide(x_test)
+    assert guide.trained_iterations == 3
+
+
+def test_the_horizon_check_runs_only_past_the_trained_iterations_at_inference(linear_gaussian):
+    model, x_train, x_test = linear_gaussian
+    guide = small_guide(model, num_iterations=3)
+    train(model, guide, x_train, steps=20, subsample_size=64)
+
+    def path(check: bool, num_iterations: int) -> list[torch.Tensor]:
+        guide.horizon_check = check
+        pyro.set_rng_seed(3)
+        lams = guide.refine(x_test, num_iterations=num_iterations, record=True).lams
+        return [lam["z"] for lam in lams] + [torch.rand(())]  # the last entry: where the random stream stands
+
+    # Up to the trained number nothing is checked: the same lambdas and the same random numbers consumed.
+    assert all(torch.equal(a, b) for a, b in zip(path(True, 3), path(False, 3)))
+    # Past it the check draws its own noise and sends some datapoints back.
+    checked, free = path(True, 6), path(False, 6)
+    assert all(torch.equal(a, b) for a, b in zip(checked[:4], free[:4]))
+    assert not torch.equal(checked[-2], free[-2])
+
+    def sampled(check: bool, grad: bool) -> torch.Tensor:
+        guide.horizon_check, guide.num_iterations = check, 6
+        pyro.set_rng_seed(1)
+        with torch.set_grad_enabled(grad):
+            value = poutine.trace(guide).get_trace(x_test).nodes["z"]["value"].detach()
+        guide.num_iterations = guide.trained_iterations = 3
+        return value
+
+    # A call with gradients is training: its own number of iterations is the horizon, so nothing is checked.
+    assert torch.equal(sampled(True, True), sampled(False, True))
+    assert not torch.equal(sampled(True, False), sampled(False, False))
+
+
+def test_a_datapoint_stops_at_its_first_failed_check(linear_gaussian):
+    model, _, x_test = linear_gaussian
+    pyro.set_rng_seed(0)
+    guide = small_guide(model).setup(x_test)
+    guide.trained_iterations = 0  # an untrained guide: every iteration is checked
+    lams = [lam["z"] for lam in guide.refine(x_test, num_iterations=8, record=True).lams]
+    still = torch.stack([(after != before).any(-1) for before, after in zip(lams, lams[1:])])  # (8, batch)
+    assert still[0].any() and not still[0].all()  # some pass the first check, some do not
+    assert not (still[1:] & ~still[:-1]).any()  # once stopped, a datapoint stays where it stopped
+
+
+def test_iterations_past_the_horizon_do_not_lower_the_exact_elbo(trained_on_linear_gaussian):
+    """Closed-form ELBOs of the trained guide's lambdas over 4K iterations: with the check, no iteration past the
+    trained K lowers the mean ELBO; without it the networks, run past what they were trained for, drift from the
+    optimum they had reached (the check can fail)."""
+    model, guide, x_test = trained_on_linear_gaussian
+
+    def changes(check: bool) -> torch.Tensor:
+        guide.horizon_check = check
+        pyro.set_rng_seed(4)
+        inference = guide.refine(x_test, num_iterations=20, record=True)
+        elbos = torch.stack([model.elbo(x_test, *inference.params(lam)["z"]) for lam in inference.lams])
+        return (elbos[1:] - elbos[:-1]).mean(1)[5:]  # the mean change of each iteration past K = 5
+
+    try:
+        checked, free = changes(True), changes(False)
+    finally:
+        guide.horizon_check = True
+    assert (checked >= -1e-6).all(), checked
+    assert (free < -1e-6).any(), free
+
+
+def test_bad_horizon_check_settings_are_refused(linear_gaussian):
+    model, _, _ = linear_gaussian
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="check_particles must be a positive integer"):
+            IterativeGuide(model, check_particles=bad)
+    with pytest.raises(ValueError, match="check_margin must be a number of standard errors >= 0"):
+        IterativeGuide(model, check_margin=-1.0)

@@ -257,6 +257,10 @@ def test_every_sequence_guide_trains_the_dmm_under_trace_elbo(make):
     guide = make(model)
     if isinstance(guide, SequenceSemiAmortizedGuide):
         assert guide.final_check is False  # the check at inference was not measured on sequences
+    if isinstance(guide, SequentialIterativeGuide):
+        assert guide.horizon_check is False  # nor the check past the trained iterations
+        with pytest.raises(ValueError, match="does not offer horizon_check"):
+            SequentialIterativeGuide(model, horizon_check=True)
     svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
     losses = [svi.step(x, lengths, subsample_size=16) for _ in range(40)]
     assert all(torch.isfinite(torch.tensor(losses)))
