@@ -174,6 +174,9 @@ def test_every_guide_trains_under_trace_enum_elbo(name):
     assert all(math.isfinite(loss) for loss in losses)
     assert sum(losses[-5:]) < sum(losses[:5]), losses
     assert torch.isfinite(guide.elbo_trajectory(x)).all()
+    if isinstance(guide, IterativeGuide):  # past its trained iterations each one is checked on the marginal ELBO
+        longer = guide.elbo_trajectory(x, num_iterations=2 * guide.trained_iterations, num_particles=8)
+        assert torch.isfinite(longer).all() and longer.shape[0] == 2 * guide.trained_iterations + 1
 
 
 def test_the_iterative_guides_default_pair_becomes_two_independent_draws_where_sites_are_enumerated(mixture):
