@@ -52,8 +52,9 @@ def run_cell(name: str, lr: float, *, steps: int, particles: int, seed: int) -> 
     rows = rows.reshape(len(VARIANTS), 2 * k + 1, -1)
     for (variant, *_), scored in zip(VARIANTS, rows):
         means, drop, drop_se = paired_drops(scored)
-        failing = [t for t in range(2 * k) if float((scored[t] - scored[t + 1]).mean())
-                   > max(float((scored[t] - scored[t + 1]).std() / math.sqrt(scored.shape[1])), 1e-9)]
+        drops = scored[:-1] - scored[1:]  # (2K, batch): each iteration's loss, per datapoint
+        ses = (drops.std(-1) / math.sqrt(drops.shape[-1])).tolist()
+        failing = [t for t, (d, se) in enumerate(zip(drops.mean(-1).tolist(), ses)) if d > max(se, 1e-9)]
         last = runs[variant].lams
         moving = torch.stack([(last[-1][s] != last[-2][s]).any(-1) for s in last[-1]]).any(0)
         cell[variant] = {"per_iteration": means, "worst_drop": drop, "worst_drop_se": drop_se, "failing": failing,

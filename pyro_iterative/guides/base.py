@@ -36,6 +36,7 @@ from ..inference.gradient import ELBOGradient
 from ..inference.inner_elbo import InnerELBO, can_draw_pairs, check_observations, latent_masks
 from ..inference.parameters import LocalParams, initial_lambda, local_params
 from ..inference.sites import SiteLayout, discover_sites
+from ..inference.step_test import improves
 
 __all__ = [
     "LocalGuide",
@@ -229,7 +230,7 @@ class LocalGuide(AutoGuide):
         self.num_particles = num_particles  # validated by the setter
         #: datapoint-iterations whose ELBO or its gradient was not finite (they kept their previous lambda)
         self.nonfinite_gradients = 0
-        self._testers: dict[int, InnerELBO] = {}  # the estimators of :meth:`_test_elbo`, by number of draws
+        self._testers: dict[int, InnerELBO] = {}  # the estimators of :meth:`_improves`, by number of draws
 
     @property
     def num_particles(self) -> int:
@@ -406,14 +407,20 @@ class LocalGuide(AutoGuide):
         sites = self.layout.local_sites
         return dict(zip((s.name for s in sites), outputs.split([2 * s.size for s in sites], dim=-1)))
 
-    def _test_elbo(self, num_particles: int) -> InnerELBO:
-        """The ELBO estimator of a test on ``num_particles`` draws
-        (:func:`~pyro_iterative.inference.step_test.improves`; kept, so that it remembers whether it can vectorize)."""
+    def _improves(
+        self, args: tuple, kwargs: dict, batch: Batch, global_values: dict[str, torch.Tensor],
+        before: dict[str, torch.Tensor], after: dict[str, torch.Tensor], num_particles: int, margin: float,
+    ) -> torch.Tensor:
+        """``(batch, 1)``: where the q of lambda ``after`` beats that of ``before`` by ``margin`` standard errors on
+        ``num_particles`` fresh draws of common noise (:func:`~pyro_iterative.inference.step_test.improves`). The tests
+        of the semi-amortized steps and final check and of the iterative guide's horizon check."""
         tester = self._testers.get(num_particles)
-        if tester is None or tester.layout is not self.layout:
+        if tester is None or tester.layout is not self.layout:  # kept, so that it remembers whether it can vectorize
             tester = self._testers[num_particles] = InnerELBO(self.model, self.layout, num_particles,
                                                               fast=self.fast_path)
-        return tester
+        with torch.no_grad():
+            params = self._local_params(before), self._local_params(after)
+        return improves(tester, args, kwargs, *params, batch, global_values, margin).unsqueeze(-1)
 
     def _reads_data_by_running_the_model(self) -> int:
         """One forward pass (of one particle) to read the data where no ``observe`` was given."""

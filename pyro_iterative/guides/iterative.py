@@ -21,7 +21,6 @@ from ..inference.gradient import elbo_gradient
 from ..inference.inner_elbo import latent_masks
 from ..inference.networks import DEFAULT_GATE_BIAS, DEFAULT_HIDDEN_LAYERS, GatedUpdate, auto_width
 from ..inference.sites import SiteLayout
-from ..inference.step_test import improves
 from .base import LocalGuide, Refinement
 
 __all__ = [
@@ -302,23 +301,14 @@ class IterativeGuide(LocalGuide):
                 new_lam[site.name] = step.keep_finite(new_lam[site.name], previous)
             if horizon is not None and t >= horizon:
                 before = {name: value.detach() for name, value in leaves.items()}
-                passed = self._passes(args, kwargs, batch, global_values, before, new_lam)
+                passed = self._improves(args, kwargs, batch, global_values, before, new_lam, self.check_particles,
+                                        self.check_margin)
                 moving = passed if moving is None else moving & passed  # a datapoint that fails stops there
                 new_lam = {name: torch.where(moving, value, before[name]) for name, value in new_lam.items()}
             lam = new_lam
         if training:
             lam, network_loss = self._averaged_over_iterations(lam, network_loss, num_iterations)
         return Refinement(lam=lam, elbos=elbos, path=path, network_loss=network_loss, masks=masks)
-
-    def _passes(
-        self, args: tuple, kwargs: dict, batch: Batch, global_values: dict[str, torch.Tensor],
-        before: dict[str, torch.Tensor], after: dict[str, torch.Tensor],
-    ) -> torch.Tensor:
-        """``(batch, 1)``: where ``after`` beats ``before`` by ``check_margin`` standard errors on ``check_particles``
-        fresh draws (:func:`~pyro_iterative.inference.step_test.improves`)."""
-        tester = self._test_elbo(self.check_particles)
-        params = self._local_params(before), self._local_params(after)
-        return improves(tester, args, kwargs, *params, batch, global_values, self.check_margin).unsqueeze(-1)
 
     def _starting_lambda(
         self, args: tuple, kwargs: dict, batch: Batch, global_values: dict[str, torch.Tensor]

@@ -16,7 +16,6 @@ from ..inference.batch import Batch
 from ..inference.cost import ModelPasses
 from ..inference.gradient import elbo_gradient
 from ..inference.inner_elbo import latent_masks
-from ..inference.step_test import improves
 from .amortized import AmortizedGuide
 from .base import Refinement
 
@@ -185,12 +184,7 @@ class SemiAmortizedGuide(AmortizedGuide):
         check = self.adaptive and (self.final_check is True or (self.final_check == "inference" and not training))
 
         def passes(before: dict, after: dict, num_particles: int) -> torch.Tensor:
-            """``(batch, 1)``: where ``after`` beats ``before`` on a test of ``num_particles`` draws
-            (:func:`improves`)."""
-            with torch.no_grad():
-                params = self._local_params(before), self._local_params(after)
-            tester = self._test_elbo(num_particles)
-            return improves(tester, args, kwargs, *params, batch, global_values, self.margin).unsqueeze(-1)
+            return self._improves(args, kwargs, batch, global_values, before, after, num_particles, self.margin)
 
         lam, (leaves, step) = dict(start), gradient(start)
         masks = latent_masks(step.model_trace, self.layout, len(batch))
