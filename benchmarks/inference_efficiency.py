@@ -108,7 +108,7 @@ def main() -> None:
         for lr in grids[name]:
             seed_everything(args.seed + 1)
             result = optimize_local(model, x, optimizer=name, lr=lr, num_steps=max_steps, num_particles=1,
-                                    test_particles=0)
+                                    test_particles=0, final_lr_factor=1.0)
             steps = steps_to_reach(result.trajectory, target)
             final = float(result.trajectory[-1].mean())
             runs[name][lr] = {"steps_to_target": steps, "final_mean_elbo": final}
@@ -121,7 +121,8 @@ def main() -> None:
     for name, (_, lr, steps, _) in best.items():
         n = steps if steps is not None else max_steps
         calls[name] = lambda name=name, lr=lr, n=n: optimize_local(model, x, optimizer=name, lr=lr, num_steps=n,
-                                                                   num_particles=1, test_particles=0)
+                                                                   num_particles=1, test_particles=0,
+                                                                   final_lr_factor=1.0)
     times = alternate(calls, 1, reps, args.device)
     guide_s = summary(times["iterative K=5"])["median_s"]
 

@@ -55,7 +55,7 @@ def optimizer_curves(
             lr = DEFAULT_LEARNING_RATES[name] * factor
             pyro.set_rng_seed(config.seed + 6)
             result = optimize_local(model, x, optimizer=name, lr=lr, num_steps=config.comparison_steps,
-                                    num_particles=1, test_particles=0)
+                                    num_particles=1, test_particles=0, final_lr_factor=1.0)
             final = result.trajectory[-1].mean()
             if torch.isfinite(final) and (best is None or final > best[0]):
                 best = (final, lr, result.trajectory)
@@ -117,7 +117,7 @@ def posterior_2d(config: RunConfig, x_train: torch.Tensor, x_eval: torch.Tensor,
     (site,) = guide.layout.local_sites
     iterative = [lam[site.name][0, :2].tolist() for lam in inference.lams]
     ascent = optimize_local(model, digit, optimizer="sgd", lr=1e-3, num_steps=100, num_particles=10,
-                            antithetic=False, test_particles=0, record_path=True)
+                            antithetic=False, test_particles=0, final_lr_factor=1.0, record_path=True)
     ascent_path = [step[site.name][0, :2].tolist() for step in ascent.path]
     points = torch.tensor(iterative + ascent_path)
     low, high = (points.min(0).values - 1.5).clamp(max=-3.0), (points.max(0).values + 1.5).clamp(min=3.0)

@@ -107,6 +107,7 @@ def optimize_lambda(
     record_path: bool = False,
     test_particles: int = 0,
     margin: float = 1.0,
+    final_lr_factor: float = 1.0,
 ) -> LocalOptimization:
     """Ascend every datapoint's ELBO from ``lam`` with a torch optimizer; the model's parameters stay untouched.
 
@@ -135,8 +136,15 @@ def optimize_lambda(
         back to its starting lambda elsewhere, so that noisy steps near an optimum cannot leave q worse than it
         started. ``2 * test_particles`` more forward passes. ``0``: no check.
     :param margin: the standard errors the check asks of the gain.
+    :param final_lr_factor: the learning rate falls along a cosine from ``lr`` to ``final_lr_factor * lr`` over
+        ``num_steps`` (:class:`torch.optim.lr_scheduler.CosineAnnealingLR`, one step at a time, so that each
+        datapoint's path still depends on nothing but its own gradients); ``1.0``: a constant rate.
     """
     check_optimizer_settings(optimizer, lr, num_steps, patience)
+    if not 0 <= final_lr_factor <= 1:
+        raise ValueError(
+            f"final_lr_factor must be between 0 and 1 (1: a constant learning rate), got {final_lr_factor!r}."
+        )
     if not isinstance(test_particles, int) or test_particles < 0 or (inner.antithetic and test_particles % 2):
         pairs = ", and even where the particles come in antithetic pairs (or draw them independently)"
         raise ValueError(f"test_particles must be a non-negative integer{pairs if inner.antithetic else ''}, "
@@ -144,7 +152,11 @@ def optimize_lambda(
     if not margin >= 0:
         raise ValueError(f"margin must be a number of standard errors >= 0, got {margin!r}.")
     leaves = {name: value.detach().clone().requires_grad_() for name, value in lam.items()}
-    opt = OPTIMIZERS[optimizer](list(leaves.values()), DEFAULT_LEARNING_RATES[optimizer] if lr is None else lr)
+    lr = DEFAULT_LEARNING_RATES[optimizer] if lr is None else lr
+    opt = OPTIMIZERS[optimizer](list(leaves.values()), lr)
+    schedule = None
+    if final_lr_factor != 1 and num_steps > 0:
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=num_steps, eta_min=final_lr_factor * lr)
     trajectory, path, best, best_step, nonfinite = [], [], -math.inf, 0, 0
     for step in range(num_steps + 1):
         result = elbo_gradient(inner, args, kwargs, leaves, batch, global_values)
@@ -161,6 +173,8 @@ def optimize_lambda(
         for name, leaf in leaves.items():
             leaf.grad = -result.grads[name]  # descend the negative ELBO; no .backward(), so no model parameter moves
         opt.step()
+        if schedule is not None:
+            schedule.step()
         with torch.no_grad():
             for name, before in previous.items():  # datapoints with a non-finite gradient keep their lambda
                 leaves[name].copy_(result.keep_finite(leaves[name], before))

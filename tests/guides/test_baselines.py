@@ -80,41 +80,57 @@ def test_optimize_local_with_adam_reaches_the_best_diagonal_elbo():
     x = model.sample(50, seed=1)
     best = model.optimal_diagonal_elbo(x)
     assert (model.log_likelihood(x) - best).mean() > 0.05  # the target is not log p(x) itself
-    result = optimize_local(model, x, optimizer="adam", lr=0.02, num_steps=500, num_particles=10)
-    assert result.trajectory.shape == (501, 50)
+    # 1000 steps: the default decay (to a tenth of lr) travels less far per step; 500 left one datapoint 0.79 short
+    result = optimize_local(model, x, optimizer="adam", lr=0.02, num_steps=1000, num_particles=10)
+    assert result.trajectory.shape == (1001, 50)
     loc, log_scale = result.lam["z"].split(3, dim=-1)
     gap = best - model.elbo(x, loc, log_scale.exp())  # closed form: no Monte-Carlo noise in the check
     assert gap.mean() < 0.05 and gap.min() > -1e-9, gap
     assert torch.allclose(result.posterior["z"].mean, loc)
-    assert result.cost.backward == 500 * 10 and result.cost.forward == 500 * 10 + 2 * 16  # and the check's draws
+    assert result.cost.backward == 1000 * 10 and result.cost.forward == 1000 * 10 + 2 * 16  # and the check's draws
     assert result.kept.shape == (50,)
 
 
-def _optimize_from_the_optimum(**options) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _optimize_from_the_optimum(shift: float = 0.0, **options) -> tuple[torch.Tensor, torch.Tensor | None]:
     """ELBO change (closed form, per datapoint) of optimize_local from a guide whose q is the exact optimum of a
-    linear-Gaussian model (orthogonal W: the optimal diagonal q is the exact posterior), and which datapoints kept
-    the optimized q."""
+    linear-Gaussian model (orthogonal W: the optimal diagonal q is the exact posterior), its locations moved by
+    ``shift`` posterior standard deviations, and which datapoints kept the optimized q."""
     model = LinearGaussian.orthogonal(data_dim=6, latent_dim=2, noise_scale=0.5, seed=0, dtype=torch.float64)
     x = model.sample(400, seed=1)
     guide = AmortizedGuide(model, hidden_sizes=(8,)).setup(x)
     optimum = model.posterior_diagonal(x)
-    lam = {"z": torch.cat([optimum.mean, optimum.stddev.log()], -1)}
-    guide._encode = lambda *args: lam  # the encoder replaced by the optimum it should learn
+    lam = {"z": torch.cat([optimum.mean + shift * optimum.stddev, optimum.stddev.log()], -1)}
+    guide._encode = lambda *args: lam  # the encoder replaced by the optimum it should learn (or a shifted one)
     pyro.set_rng_seed(0)
     result = optimize_local(model, x, init=guide, **options)
     loc, log_scale = result.lam["z"].split(2, dim=-1)
-    start, start_log_scale = lam["z"].split(2, dim=-1)  # the optimum as lambda holds it (exp(log(s)) may round)
+    start, start_log_scale = lam["z"].split(2, dim=-1)  # where q started, as lambda holds it (exp(log(s)) may round)
     return model.elbo(x, loc, log_scale.exp()) - model.elbo(x, start, start_log_scale.exp()), result.kept
 
 
 def test_optimize_local_defaults_leave_an_optimal_q_where_it_is():
     change, kept = _optimize_from_the_optimum()
     assert (change <= 1e-9).all()  # nothing beats the optimum ...
-    assert change.mean() > -0.003, change.mean()  # ... and the defaults hardly leave it (measured -0.0008)
+    assert change.mean() > -0.001, change.mean()  # ... and the defaults hardly leave it (measured -0.0003)
     assert (change[~kept] == 0).all() and kept.float().mean() < 0.5  # most datapoints went back to where they were
-    # The check can fail: one draw per step and no final check (the defaults before) lose 0.013 nats here.
-    plain, none = _optimize_from_the_optimum(num_particles=1, test_particles=0)
+    # One pair per step for 100 steps at a constant rate (the defaults before) settle less near it: -0.0008.
+    previous, _ = _optimize_from_the_optimum(num_particles=2, num_steps=100, final_lr_factor=1.0)
+    assert previous.mean() < change.mean()
+    # The check can fail: one draw per step and no final check (the defaults before those) lose 0.013 nats here.
+    plain, none = _optimize_from_the_optimum(num_particles=1, test_particles=0, num_steps=100, final_lr_factor=1.0)
     assert plain.mean() < -0.008 and none is None
+
+
+def test_optimize_local_default_rate_decays_so_that_q_settles_at_the_optimum():
+    # From a q a quarter of a posterior standard deviation off the optimum, without the final check so that only the
+    # steps count: the default cosine decay (to a tenth of the rate) ends nearer the optimum than the same steps at a
+    # constant rate, which keep hovering around it. Closed-form ELBOs: no Monte-Carlo noise in the comparison.
+    decayed, _ = _optimize_from_the_optimum(shift=0.25, test_particles=0)
+    constant, _ = _optimize_from_the_optimum(shift=0.25, test_particles=0, final_lr_factor=1.0)
+    assert decayed.mean() > 0 and constant.mean() > 0  # both move towards the optimum ...
+    assert decayed.mean() > constant.mean(), (decayed.mean(), constant.mean())  # ... the decayed rate nearer
+    with pytest.raises(ValueError, match="final_lr_factor must be between 0 and 1"):
+        _optimize_from_the_optimum(final_lr_factor=1.5)
 
 
 # ---------------------------------------------------------------------------------------------- Pyro contexts
