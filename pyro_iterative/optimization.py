@@ -67,6 +67,7 @@ def optimize_local(
         result.trajectory.mean(1)               # mean ELBO after each step
         refined = optimize_local(model, x_test, init=guide, num_steps=5000, patience=200)  # until it stalls
         refined.kept.float().mean()             # the share of datapoints whose optimized q passed the final check
+        plain = optimize_local(model, x_test, num_particles=1, test_particles=0, final_lr_factor=1.0)  # plain Adam
 
     :param optimizer: ``"sgd"``, ``"momentum"`` (SGD with momentum 0.9), ``"rmsprop"`` or ``"adam"``.
     :param lr: learning rate; default from :data:`~pyro_iterative.inference.optimize.DEFAULT_LEARNING_RATES`.
