@@ -80,7 +80,7 @@ def test_optimize_local_with_adam_reaches_the_best_diagonal_elbo():
     x = model.sample(50, seed=1)
     best = model.optimal_diagonal_elbo(x)
     assert (model.log_likelihood(x) - best).mean() > 0.05  # the target is not log p(x) itself
-    # 1000 steps: the default decay (to a tenth of lr) travels less far per step; 500 left one datapoint 0.79 short
+    # 1000 steps: the default decay (to a tenth of lr) travels less far per step; 500 left one datapoint 0.8 nats short
     result = optimize_local(model, x, optimizer="adam", lr=0.02, num_steps=1000, num_particles=10)
     assert result.trajectory.shape == (1001, 50)
     loc, log_scale = result.lam["z"].split(3, dim=-1)
