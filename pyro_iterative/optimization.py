@@ -86,7 +86,7 @@ def optimize_local(
     :param final_lr_factor: the learning rate falls along a cosine from ``lr`` to ``final_lr_factor * lr`` over
         ``num_steps`` (``1.0``: a constant rate).
     """
-    check_optimizer_settings(optimizer, lr, num_steps, patience)
+    check_optimizer_settings(optimizer, lr, num_steps, patience, final_lr_factor)  # before any model pass
     if init is not None:
         if not isinstance(init, LocalGuide):
             raise TypeError(f"init must be a guide of pyro_iterative (a LocalGuide), got {type(init).__name__}.")

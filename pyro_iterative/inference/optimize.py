@@ -74,8 +74,11 @@ class LocalOptimization:
     kept: torch.Tensor | None = None
 
 
-def check_optimizer_settings(optimizer: str, lr: float | None, num_steps: int, patience: int | None) -> None:
-    """Refuse an unknown optimizer name, a non-positive ``lr``, a negative ``num_steps`` or a bad ``patience``.
+def check_optimizer_settings(
+    optimizer: str, lr: float | None, num_steps: int, patience: int | None, final_lr_factor: float = 1.0
+) -> None:
+    """Refuse an unknown optimizer name, a non-positive ``lr``, a negative ``num_steps``, a bad ``patience`` or a
+    ``final_lr_factor`` outside [0, 1].
 
     Usage::
 
@@ -89,6 +92,10 @@ def check_optimizer_settings(optimizer: str, lr: float | None, num_steps: int, p
         raise ValueError(f"num_steps must be a non-negative integer, got {num_steps!r}.")
     if patience is not None and (not isinstance(patience, int) or patience < 1):
         raise ValueError(f"patience must be a positive integer or None, got {patience!r}.")
+    if not 0 <= final_lr_factor <= 1:
+        raise ValueError(
+            f"final_lr_factor must be between 0 and 1 (1: a constant learning rate), got {final_lr_factor!r}."
+        )
 
 
 def optimize_lambda(
@@ -140,11 +147,7 @@ def optimize_lambda(
         ``num_steps`` (:class:`torch.optim.lr_scheduler.CosineAnnealingLR`, one step at a time, so that each
         datapoint's path still depends on nothing but its own gradients); ``1.0``: a constant rate.
     """
-    check_optimizer_settings(optimizer, lr, num_steps, patience)
-    if not 0 <= final_lr_factor <= 1:
-        raise ValueError(
-            f"final_lr_factor must be between 0 and 1 (1: a constant learning rate), got {final_lr_factor!r}."
-        )
+    check_optimizer_settings(optimizer, lr, num_steps, patience, final_lr_factor)
     if not isinstance(test_particles, int) or test_particles < 0 or (inner.antithetic and test_particles % 2):
         pairs = ", and even where the particles come in antithetic pairs (or draw them independently)"
         raise ValueError(f"test_particles must be a non-negative integer{pairs if inner.antithetic else ''}, "
